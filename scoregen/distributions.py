@@ -57,6 +57,11 @@ class GaussianMixture:
         mean = np.asarray(mean, dtype=np.float64)
         return cls([1.0], mean[None], np.asarray(cov, dtype=np.float64)[None])
 
+    def affine(self, shift, scale) -> "GaussianMixture":
+        """The law of (x - shift) / scale: means (mu_k - shift) / scale, covariances S_k / scale^2."""
+        shift = torch.as_tensor(np.asarray(shift, dtype=np.float64)).expand(self.dim)
+        return GaussianMixture(self.weights, (self.means - shift) / scale, self.covs / float(scale) ** 2)
+
     def mean(self) -> torch.Tensor:
         return (self.weights[:, None] * self.means).sum(0)
 

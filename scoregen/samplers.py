@@ -1,0 +1,378 @@
+"""Samplers: plain functions over (score_fn, sde, x), one signature for all.
+
+    sampler(score_fn, sde, x, *, steps, generator=None, return_trajectory=False,
+            progress=False, **options) -> SampleResult(samples, nfe, trajectory, times)
+
+`x` is the starting state (normally `sde.prior_sample(shape)`); `score_fn(x, t)` is any score
+model (analytic, learned, guided). Time grids run from T down to `sde.eps`. NFE counts every
+call of `score_fn`. `sample(...)` draws the start and dispatches by name.
+
+Sources: Song & Ermon 2019 (annealed Langevin), Song & Ermon 2020 "Improved techniques" (level
+and step-size rules, final denoising), Song et al. 2021 "Score-SDE" (reverse SDE, reverse
+diffusion, ancestral sampling, predictor-corrector, probability-flow ODE).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from . import ode
+from .sde import SDE, NoiseLadder, SubVPSDE, VESDE, VPSDE, broadcast_to
+
+__all__ = [
+    "SampleResult", "SamplerNotApplicable", "SAMPLERS", "sample", "time_grid",
+    "langevin", "annealed_langevin", "euler_maruyama", "reverse_diffusion", "ancestral",
+    "predictor_corrector", "probability_flow", "ald_step_size", "sampler_names",
+]
+
+
+@dataclass
+class SampleResult:
+    samples: torch.Tensor
+    nfe: int
+    trajectory: torch.Tensor | None = None  # (K+1, N, ...) on the CPU, when asked for
+    times: torch.Tensor | None = None  # (K+1,) the time of each trajectory frame
+
+
+class SamplerNotApplicable(ValueError):
+    """The sampler does not apply to the given forward process."""
+
+
+class _Run:
+    """Bookkeeping shared by every sampler: NFE, noise draws, trajectory and progress bar."""
+
+    def __init__(self, score_fn, x, generator, record, progress, desc):
+        self.score_fn, self.generator, self.record = score_fn, generator, record
+        self.nfe, self.frames, self.times = 0, [], []
+        self.progress, self.desc = progress, desc
+        if record:
+            self.frames.append(x.detach().cpu())
+
+    def score(self, x, t):
+        self.nfe += 1
+        return self.score_fn(x, torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device))
+
+    def noise(self, x):
+        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+
+    def iterate(self, n):
+        return tqdm(range(n), desc=self.desc, leave=False) if self.progress else range(n)
+
+    def keep(self, x, t):
+        if self.record:
+            self.frames.append(x.detach().cpu())
+            self.times.append(float(t))
+
+    def result(self, x, t_start):
+        if not self.record:
+            return SampleResult(x, self.nfe)
+        return SampleResult(x, self.nfe, torch.stack(self.frames), torch.tensor([t_start] + self.times))
+
+
+def time_grid(sde: SDE, steps: int, eps: float | None = None) -> torch.Tensor:
+    """steps + 1 times from T down to eps, uniform in t (geometric in sigma for VE)."""
+    if int(steps) < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}")
+    eps = sde.eps if eps is None else float(eps)
+    return torch.linspace(sde.T, eps, int(steps) + 1, dtype=torch.float64)
+
+
+# --- Langevin dynamics -------------------------------------------------------------------
+def langevin(score_fn, sde: SDE, x, *, steps: int = 1000, t: float | None = None, step_size: float | None = None,
+             snr: float = 0.1, generator=None, return_trajectory=False, progress=False) -> SampleResult:
+    """Unadjusted Langevin dynamics at one noise level t (default sde.eps) (seed 000 section 3):
+
+        x_{k+1} = x_k + e s(x_k, t) + sqrt(2 e) z_k.
+
+    With no `step_size`, each step uses the signal-to-noise rule e = 2 (snr ||z|| / ||s||)^2.
+    It samples p_t only if the chain mixes: between well-separated modes it does not, which is
+    what annealing fixes.
+    """
+    t = sde.eps if t is None else float(t)
+    run = _Run(score_fn, x, generator, return_trajectory, progress, "langevin")
+    for _ in run.iterate(steps):
+        s, z = run.score(x, t), run.noise(x)
+        e = _snr_step(s, z, snr) if step_size is None else step_size
+        x = x + e * s + (2 * e) ** 0.5 * z
+        run.keep(x, t)
+    return run.result(x, t)
+
+
+def _snr_step(s, z, snr, alpha=1.0):
+    """Score-SDE's Langevin step: e = 2 alpha (snr ||z|| / ||s||)^2, norms averaged over the batch."""
+    z_norm = z.reshape(z.shape[0], -1).norm(dim=1).mean()
+    s_norm = s.reshape(s.shape[0], -1).norm(dim=1).mean().clamp_min(1e-12)
+    return 2 * alpha * (snr * z_norm / s_norm) ** 2
+
+
+def ald_step_size(gamma: float, sigma_L: float, T: int) -> float:
+    """The base step e of annealed Langevin from Song & Ermon 2020, technique 4.
+
+    Chooses e so that the variance after T steps at level L matches sigma_L^2, i.e. with
+    u = e / sigma_L^2:  (1 - u)^{2T} (gamma^2 - 2 / (2 - u)) + 2 / (2 - u) = 1,
+    gamma = sigma_{i-1} / sigma_i the ratio of successive levels. Solved by bisection.
+    """
+    if gamma <= 1:
+        raise ValueError(f"gamma must exceed 1, got {gamma}")
+
+    def f(u):
+        return (1 - u) ** (2 * T) * (gamma**2 - 2 / (2 - u)) + 2 / (2 - u) - 1
+
+    lo, hi = max(0.0, 2 - 2 / gamma**2), 1.0  # f(lo) > 0 >= ... f changes sign in (lo, 1)
+    lo = lo + 1e-15
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if f(mid) > 0 else (lo, mid)
+    return 0.5 * (lo + hi) * sigma_L**2
+
+
+def _levels(sde: SDE, levels: int, eps: float | None):
+    """Noise levels (stds) and their times: the ladder's own, or `levels` geometric stds."""
+    if isinstance(sde, NoiseLadder):
+        return sde.sigmas.clone(), sde.times.clone()
+    eps = sde.eps if eps is None else float(eps)
+    hi, lo = sde.std(torch.tensor(sde.T, dtype=torch.float64)), sde.std(torch.tensor(eps, dtype=torch.float64))
+    sigmas = torch.exp(torch.linspace(math.log(float(hi)), math.log(float(lo)), int(levels), dtype=torch.float64))
+    return sigmas, sde.t_from_std(sigmas)
+
+
+def annealed_langevin(score_fn, sde: SDE, x, *, steps: int = 20, levels: int = 50, step_size: float | None = None,
+                      eps: float | None = None, denoise: bool = True, generator=None, return_trajectory=False,
+                      progress=False) -> SampleResult:
+    """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1).
+
+    For each level sigma_i (the NoiseLadder's, or `levels` geometric stds of `sde`), `steps`
+    Langevin steps with a_i = e sigma_i^2 / sigma_L^2:
+        x <- x + a_i s(x, t_i) + sqrt(2 a_i) z.
+    e defaults to `ald_step_size` (technique 4); `denoise` ends with the Tweedie step
+    x + sigma_L^2 s(x, sigma_L) (technique 5, one more evaluation).
+    """
+    sigmas, times = _levels(sde, levels, eps)
+    if step_size is None:
+        gamma = float((sigmas[:-1] / sigmas[1:]).mean())
+        step_size = ald_step_size(gamma, float(sigmas[-1]), steps)
+    run = _Run(score_fn, x, generator, return_trajectory, progress, "annealed langevin")
+    sig_L2 = float(sigmas[-1]) ** 2
+    for i in run.iterate(len(sigmas)):
+        a = step_size * float(sigmas[i]) ** 2 / sig_L2
+        for _ in range(steps):
+            x = x + a * run.score(x, times[i]) + (2 * a) ** 0.5 * run.noise(x)
+        run.keep(x, times[i])
+    if denoise:
+        t_L = times[-1]
+        x = sde.tweedie_denoise(x, torch.full((x.shape[0],), float(t_L), dtype=x.dtype, device=x.device), run.score(x, t_L))
+    return run.result(x, float(times[0]))
+
+
+# --- reverse-time SDE ---------------------------------------------------------------------
+def euler_maruyama(score_fn, sde: SDE, x, *, steps: int = 1000, eps: float | None = None, denoise: bool = True,
+                   generator=None, return_trajectory=False, progress=False) -> SampleResult:
+    """Euler–Maruyama on the reverse SDE dx = [f - g^2 s] dt + g dw_bar, from T to eps:
+
+        x_{i+1} = x_i + [f(x_i, t_i) - g(t_i)^2 s(x_i, t_i)] dt + g(t_i) sqrt(|dt|) z_i,  dt < 0.
+    The last step adds no noise (`denoise`), as in Score-SDE.
+    """
+    ts = time_grid(sde, steps, eps)
+    run = _Run(score_fn, x, generator, return_trajectory, progress, "euler-maruyama")
+    for i in run.iterate(steps):
+        t, dt = ts[i], float(ts[i + 1] - ts[i])
+        tv = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+        x_mean = x + sde.reverse_drift(x, tv, run.score(x, t)) * dt
+        last = i == steps - 1
+        g = broadcast_to(sde.diffusion(tv), x)
+        x = x_mean if (last and denoise) else x_mean + g * math.sqrt(-dt) * run.noise(x)
+        run.keep(x, ts[i + 1])
+    return run.result(x, sde.T)
+
+
+def _reverse_diffusion_step(run, sde, x, t, t_next, last, denoise):
+    """x_{i-1} = x_i - f_i(x_i) + G_i^2 s(x_i, t_i) + G_i z, with the exact kernel (a, G) of
+    x(t_i) | x(t_{i-1}) and f_i(x) = (a - 1) x (Song et al. 2021, eq. 46)."""
+    tv = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+    a, G = sde.transition(tv, torch.full_like(tv, float(t_next)))
+    a, G = broadcast_to(a, x), broadcast_to(G, x)
+    x_mean = x - (a - 1) * x + G**2 * run.score(x, t)
+    return x_mean if (last and denoise) else x_mean + G * run.noise(x)
+
+
+def reverse_diffusion(score_fn, sde: SDE, x, *, steps: int = 1000, eps: float | None = None, denoise: bool = True,
+                      generator=None, return_trajectory=False, progress=False) -> SampleResult:
+    """The reverse-diffusion predictor of Score-SDE: the reverse of the forward process's own
+    discretization, x_{i-1} = x_i - f_i(x_i) + G_i^2 s(x_i, t_i) + G_i z."""
+    ts = time_grid(sde, steps, eps)
+    run = _Run(score_fn, x, generator, return_trajectory, progress, "reverse diffusion")
+    for i in run.iterate(steps):
+        x = _reverse_diffusion_step(run, sde, x, ts[i], ts[i + 1], i == steps - 1, denoise)
+        run.keep(x, ts[i + 1])
+    return run.result(x, sde.T)
+
+
+def _ancestral_step(run, sde, x, t, t_next, last, denoise):
+    """One ancestral step. VE (SMLD):
+        x_{i-1} = x_i + (s_i^2 - s_{i-1}^2) s + sqrt(s_{i-1}^2 (s_i^2 - s_{i-1}^2) / s_i^2) z;
+    VP (DDPM), with 1 - beta_i = (alpha(t_i) / alpha(t_{i-1}))^2:
+        x_{i-1} = (x_i + beta_i s) / sqrt(1 - beta_i) + sqrt(beta_i) z."""
+    tv = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+    tn = torch.full_like(tv, float(t_next))
+    s = run.score(x, t)
+    if isinstance(sde, VESDE):
+        s2, sn2 = broadcast_to(sde.std(tv) ** 2, x), broadcast_to(sde.std(tn) ** 2, x)
+        x_mean = x + (s2 - sn2) * s
+        std = torch.sqrt(sn2 * (s2 - sn2) / s2)
+    else:
+        a = broadcast_to(sde.alpha(tv) / sde.alpha(tn), x)
+        beta = 1 - a**2
+        x_mean = (x + beta * s) / a
+        std = torch.sqrt(beta)
+    return x_mean if (last and denoise) else x_mean + std * run.noise(x)
+
+
+def _check_ancestral(sde):
+    if not isinstance(sde, (VESDE, VPSDE)):
+        raise SamplerNotApplicable(
+            f"ancestral sampling is defined for the VE and VP processes (SMLD and DDPM), not for {sde!r}; "
+            "use 'reverse_diffusion', 'euler_maruyama', 'pc' or 'ode' instead")
+
+
+def ancestral(score_fn, sde: SDE, x, *, steps: int = 1000, eps: float | None = None, denoise: bool = True,
+              generator=None, return_trajectory=False, progress=False) -> SampleResult:
+    """Ancestral sampling (SMLD for VE, DDPM for VP); on a NoiseLadder it walks the L levels."""
+    _check_ancestral(sde)
+    ts = sde.times if isinstance(sde, NoiseLadder) else time_grid(sde, steps, eps)
+    n = len(ts) - 1
+    run = _Run(score_fn, x, generator, return_trajectory, progress, "ancestral")
+    for i in run.iterate(n):
+        x = _ancestral_step(run, sde, x, ts[i], ts[i + 1], i == n - 1, denoise)
+        run.keep(x, ts[i + 1])
+    return run.result(x, float(ts[0]))
+
+
+# --- predictor-corrector ------------------------------------------------------------------
+def _langevin_corrector(run, sde, x, t, t_next, snr, n_steps):
+    """Langevin corrector with the step from a target signal-to-noise ratio (Score-SDE Alg. 4/5):
+    e = 2 a (snr ||z|| / ||s||)^2 with a = (alpha(t_next)/alpha(t))^2 for VP-type, 1 for VE."""
+    tv = torch.full((1,), float(t), dtype=torch.float64)
+    a = float((sde.alpha(torch.full_like(tv, float(t_next))) / sde.alpha(tv)) ** 2)
+    for _ in range(n_steps):
+        s, z = run.score(x, t), run.noise(x)
+        e = _snr_step(s, z, snr, a)
+        x = x + e * s + torch.sqrt(2 * e) * z
+    return x
+
+
+_PREDICTORS = {"reverse_diffusion": _reverse_diffusion_step, "ancestral": _ancestral_step}
+
+
+def predictor_corrector(score_fn, sde: SDE, x, *, steps: int = 500, predictor: str = "reverse_diffusion",
+                        corrector: str = "langevin", snr: float = 0.16, corrector_steps: int = 1,
+                        eps: float | None = None, denoise: bool = True, generator=None, return_trajectory=False,
+                        progress=False) -> SampleResult:
+    """Predictor–corrector sampling (Song et al. 2021, Algorithm 1): at each time, `corrector_steps`
+    Langevin corrections toward p_{t_i}, then one predictor step to t_{i+1}."""
+    if predictor not in _PREDICTORS and predictor != "euler_maruyama":
+        raise ValueError(f"unknown predictor {predictor!r}; choose one of {sorted(_PREDICTORS) + ['euler_maruyama']}")
+    if corrector not in ("langevin", "none"):
+        raise ValueError(f"unknown corrector {corrector!r}; choose 'langevin' or 'none'")
+    if predictor == "ancestral":
+        _check_ancestral(sde)
+    ts = time_grid(sde, steps, eps)
+    run = _Run(score_fn, x, generator, return_trajectory, progress, "predictor-corrector")
+    for i in run.iterate(steps):
+        t, t_next, last = ts[i], ts[i + 1], i == steps - 1
+        if corrector == "langevin":
+            x = _langevin_corrector(run, sde, x, t, t_next, snr, corrector_steps)
+        if predictor == "euler_maruyama":
+            tv = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+            dt = float(t_next - t)
+            x_mean = x + sde.reverse_drift(x, tv, run.score(x, t)) * dt
+            g = broadcast_to(sde.diffusion(tv), x)
+            x = x_mean if (last and denoise) else x_mean + g * math.sqrt(-dt) * run.noise(x)
+        else:
+            x = _PREDICTORS[predictor](run, sde, x, t, t_next, last, denoise)
+        run.keep(x, t_next)
+    return run.result(x, sde.T)
+
+
+# --- probability-flow ODE -----------------------------------------------------------------
+def probability_flow(score_fn, sde: SDE, x, *, steps: int | None = None, method: str = "rk45", rtol: float = 1e-5,
+                     atol: float = 1e-5, eps: float | None = None, denoise: bool = False, generator=None,
+                     return_trajectory=False, progress=False) -> SampleResult:
+    """Integrate the probability-flow ODE dx/dt = f(x, t) - 1/2 g(t)^2 s(x, t) from T to eps.
+
+    method: 'rk45' (adaptive Dormand–Prince, `rtol`/`atol`; `steps` ignored), 'heun' or 'euler'
+    (fixed steps, uniform in t; default 100). Deterministic given the start. `denoise` adds a
+    final Tweedie step (one more evaluation).
+    """
+    eps = sde.eps if eps is None else float(eps)
+    count = {"nfe": 0}
+
+    def fn(x_, t_):
+        count["nfe"] += 1
+        return sde.reverse_drift(x_, t_, score_fn(x_, t_), probability_flow=True)
+
+    bar = (lambda it=None, total=None: tqdm(it, total=total, desc="probability flow", leave=False)) if progress else None
+    if method == "rk45":
+        res = ode.dopri5(fn, x, sde.T, eps, rtol=rtol, atol=atol, record=return_trajectory, progress=bar)
+    elif method in ("heun", "euler"):
+        res = ode.fixed_step(fn, x, time_grid(sde, steps or 100, eps), method, record=return_trajectory, progress=bar)
+    else:
+        raise ValueError(f"unknown ODE method {method!r}; choose 'rk45', 'heun' or 'euler'")
+    x = res.x
+    if denoise:
+        tv = torch.full((x.shape[0],), eps, dtype=x.dtype, device=x.device)
+        x = sde.tweedie_denoise(x, tv, score_fn(x, tv))
+        count["nfe"] += 1
+    traj = torch.stack(res.trajectory) if return_trajectory else None
+    times = torch.tensor(res.times) if return_trajectory else None
+    return SampleResult(x, count["nfe"], traj, times)
+
+
+# --- registry -----------------------------------------------------------------------------
+def _ode_variant(method):
+    def fn(score_fn, sde, x, **kw):
+        return probability_flow(score_fn, sde, x, method=method, **kw)
+
+    fn.__name__ = f"ode_{method}"
+    fn.__doc__ = f"Probability-flow ODE with {method} (see `probability_flow`)."
+    return fn
+
+
+SAMPLERS = {
+    "langevin": langevin,
+    "annealed_langevin": annealed_langevin,
+    "euler_maruyama": euler_maruyama,
+    "reverse_diffusion": reverse_diffusion,
+    "ancestral": ancestral,
+    "pc": predictor_corrector,
+    "ode": probability_flow,
+    "ode_euler": _ode_variant("euler"),
+    "ode_heun": _ode_variant("heun"),
+}
+_ALIASES = {"ald": "annealed_langevin", "em": "euler_maruyama", "sde": "euler_maruyama", "rk45": "ode",
+            "ode_rk45": "ode", "predictor_corrector": "pc", "heun_ode": "ode_heun"}
+
+
+def sampler_names() -> list[str]:
+    return sorted(SAMPLERS)
+
+
+def get_sampler(name: str):
+    """Look a sampler up by name (case-, dash- and alias-tolerant)."""
+    key = str(name).lower().replace("-", "_").replace("+", "p")
+    key = _ALIASES.get(key, key)
+    if key not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sampler_names()}")
+    return SAMPLERS[key]
+
+
+def sample(score_fn, sde: SDE, shape, sampler: str = "pc", *, generator=None, device=None,
+           dtype=torch.float32, **options) -> SampleResult:
+    """Draw the start from the prior of `sde` and run the named sampler on it."""
+    fn = get_sampler(sampler)
+    if fn is ancestral or options.get("predictor") == "ancestral":
+        _check_ancestral(sde)
+    x = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)
+    return fn(score_fn, sde, x, generator=generator, **options)
