@@ -1,0 +1,5 @@
+import sys
+
+from scoregen.cli import main
+
+sys.exit(main())

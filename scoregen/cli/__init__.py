@@ -1,0 +1,57 @@
+"""The `scoregen` command line. Each subcommand lives in its own module of this package with
+
+    HELP = "one line"
+    def add_arguments(parser): ...
+    def run(args) -> int | None
+
+and is listed in COMMANDS. Nothing in the library imports this package.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = ["demo", "train", "sample", "likelihood", "compare", "evaluate", "inpaint", "restore", "edit"]
+
+
+def _available():
+    for name in COMMANDS:
+        try:
+            yield name, importlib.import_module(f"scoregen.cli.{name}")
+        except ModuleNotFoundError as e:  # a command not built yet
+            if e.name != f"scoregen.cli.{name}":
+                raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from scoregen import __version__
+
+    parser = argparse.ArgumentParser(prog="scoregen", description="Score-based generative modeling: train, sample, "
+                                     "measure likelihood and steer score models.")
+    parser.add_argument("--version", action="version", version=f"scoregen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, mod in _available():
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        # bad input: one clear line, no traceback from deep inside torch
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"scoregen {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
