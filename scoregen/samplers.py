@@ -111,22 +111,30 @@ def _snr_step(s, z, snr, alpha=1.0):
 def ald_step_size(gamma: float, sigma_L: float, T: int) -> float:
     """The base step e of annealed Langevin from Song & Ermon 2020, technique 4.
 
-    Chooses e so that the variance after T steps at level L matches sigma_L^2, i.e. with
-    u = e / sigma_L^2:  (1 - u)^{2T} (gamma^2 - 2 / (2 - u)) + 2 / (2 - u) = 1,
-    gamma = sigma_{i-1} / sigma_i the ratio of successive levels. Solved by bisection.
+    For data concentrated at a point, T Langevin steps at level sigma_i starting from the
+    previous level's variance leave the variance ratio (their eq. 6, with u = e / sigma_L^2)
+
+        s_T^2 / sigma_i^2 = (1 - u)^{2T} (gamma^2 - 2 / (2 - u)) + 2 / (2 - u),
+
+    gamma = sigma_{i-1} / sigma_i. Both terms exceed 1 (2 / (2 - u) is the stationary excess
+    of unadjusted Langevin), so the ratio never equals 1: e is the minimiser of the ratio, found
+    by a golden-section search over log u.
     """
     if gamma <= 1:
         raise ValueError(f"gamma must exceed 1, got {gamma}")
+    if int(T) < 1:
+        raise ValueError(f"T (steps per level) must be a positive integer, got {T}")
 
-    def f(u):
-        return (1 - u) ** (2 * T) * (gamma**2 - 2 / (2 - u)) + 2 / (2 - u) - 1
+    def ratio(log_u):
+        u = math.exp(log_u)
+        return (1 - u) ** (2 * T) * (gamma**2 - 2 / (2 - u)) + 2 / (2 - u)
 
-    lo, hi = max(0.0, 2 - 2 / gamma**2), 1.0  # f(lo) > 0 >= ... f changes sign in (lo, 1)
-    lo = lo + 1e-15
+    lo, hi = math.log(1e-8), math.log(0.999)
+    k = (math.sqrt(5) - 1) / 2
     for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if f(mid) > 0 else (lo, mid)
-    return 0.5 * (lo + hi) * sigma_L**2
+        a, b = hi - k * (hi - lo), lo + k * (hi - lo)
+        lo, hi = (lo, b) if ratio(a) < ratio(b) else (a, hi)
+    return math.exp(0.5 * (lo + hi)) * sigma_L**2
 
 
 def _levels(sde: SDE, levels: int, eps: float | None):
@@ -139,7 +147,7 @@ def _levels(sde: SDE, levels: int, eps: float | None):
     return sigmas, sde.t_from_std(sigmas)
 
 
-def annealed_langevin(score_fn, sde: SDE, x, *, steps: int = 20, levels: int = 50, step_size: float | None = None,
+def annealed_langevin(score_fn, sde: SDE, x, *, steps: int = 40, levels: int = 50, step_size: float | None = None,
                       eps: float | None = None, denoise: bool = True, generator=None, return_trajectory=False,
                       progress=False) -> SampleResult:
     """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1).
