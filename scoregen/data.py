@@ -8,7 +8,9 @@ seed stream separate from the data set's, for the metrics' noise floors.
 
 `suggest_sigma_max` and `suggest_sigma_min` choose the noise range from the data (Song & Ermon
 2020, "Improved techniques for training score-based generative models", NeurIPS), so a user's own
-point cloud needs no hand-tuned sigmas.
+point cloud needs no hand-tuned sigmas. Both are in the units of the array they are given: apply
+them to the data as the model sees it (after `train.Normalizer`, which does the standardisation
+with one scalar scale, when the trainer uses it).
 """
 from __future__ import annotations
 
@@ -28,9 +30,9 @@ __all__ = [
     "PointDataset",
     "load_points",
     "check_points",
+    "points_float64",
     "reference_sampler",
     "dataset_mixture",
-    "Standardizer",
     "suggest_sigma_max",
     "suggest_sigma_min",
 ]
@@ -227,58 +229,11 @@ def dataset_mixture(name) -> GaussianMixture | None:
     return seed_mixture() if POINT_DATASETS.get(key) is _MIXTURE else None
 
 
-# --- standardisation --------------------------------------------------------------------------
-class Standardizer:
-    """y = (x - m) / s with the data mean m and ONE scale s = sqrt(tr Cov(x) / D).
-
-    A single scalar keeps isotropic noise isotropic: N(0, sigma^2 I) in y is N(0, (s sigma)^2 I)
-    in x. Scores and densities map back as grad_x log p_x(x) = grad_y log p_y(y) / s and
-    log p_x(x) = log p_y(y) - D log s. Works on numpy arrays and torch tensors alike.
-    """
-
-    def __init__(self, mean, scale: float):
-        self.mean = np.asarray(mean, dtype=np.float64).reshape(-1)
-        self.scale = float(scale)
-        if not (self.scale > 0 and math.isfinite(self.scale)):
-            raise ValueError(f"Standardizer scale must be a positive finite number, got {scale!r}")
-
-    @classmethod
-    def fit(cls, x) -> "Standardizer":
-        x = check_points(x.detach().cpu().numpy() if torch.is_tensor(x) else x, "points to standardise", np.float64)
-        mean = x.mean(0)
-        scale = math.sqrt(((x - mean) ** 2).sum(1).mean() / x.shape[1])
-        if scale == 0:
-            raise ValueError("cannot standardise points that are all identical (scale 0)")
-        return cls(mean, scale)
-
-    def _mean_like(self, x):
-        return torch.as_tensor(self.mean, dtype=x.dtype, device=x.device) if torch.is_tensor(x) else self.mean
-
-    def transform(self, x):
-        return (x - self._mean_like(x)) / self.scale
-
-    def inverse(self, y):
-        return y * self.scale + self._mean_like(y)
-
-    def log_abs_det(self) -> float:
-        """log |det dy/dx| = -D log s: add it to log p_y(y) to get log p_x(x)."""
-        return -self.mean.size * math.log(self.scale)
-
-    def state_dict(self) -> dict:
-        return {"mean": self.mean.tolist(), "scale": self.scale}
-
-    @classmethod
-    def from_state_dict(cls, state: dict) -> "Standardizer":
-        return cls(state["mean"], state["scale"])
-
-    def __repr__(self) -> str:
-        return f"Standardizer(mean={np.round(self.mean, 4).tolist()}, scale={self.scale:.6g})"
-
-
 # --- noise scales from the data -------------------------------------------------------------
-def _as_float64(x) -> torch.Tensor:
+def points_float64(x, source: str = "points") -> torch.Tensor:
+    """`check_points` for numpy arrays or torch tensors, as a float64 CPU tensor."""
     x = x.detach().cpu().numpy() if torch.is_tensor(x) else x
-    return torch.from_numpy(check_points(x, "points", np.float64))
+    return torch.from_numpy(check_points(x, source, np.float64))
 
 
 def _block_rows(cols: int, entries: int = 1 << 22) -> int:
@@ -293,7 +248,7 @@ def suggest_sigma_max(x, max_points: int = 2000, seed: int = 0) -> float:
     extreme points of the data along the axes and 32 random directions (the ends of the diameter
     are extreme along nearby directions), so it is close to the exact diameter.
     """
-    x = _as_float64(x)
+    x = points_float64(x)
     g = torch.Generator().manual_seed(seed)
     dirs = torch.cat([torch.eye(x.shape[1], dtype=torch.float64)[:32], torch.randn(32, x.shape[1], generator=g, dtype=torch.float64)])
     proj = x @ dirs.T
@@ -314,7 +269,7 @@ def suggest_sigma_min(x, fraction: float = 0.1, max_points: int = 2000, seed: in
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    x = _as_float64(x)
+    x = points_float64(x)
     g = torch.Generator().manual_seed(seed)
     queries = torch.randperm(len(x), generator=g)[:max_points]
     rows, nn = _block_rows(len(x)), []

@@ -3,11 +3,9 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from scoregen.data import (
     POINT_DATASETS,
-    Standardizer,
     dataset_mixture,
     load_points,
     reference_sampler,
@@ -187,36 +185,6 @@ def test_non_numeric_csv_and_too_few_points(tmp_path):
         load_points(tmp_path / "s.npy")
     with pytest.raises(ValueError, match="n must be an integer >= 2"):
         load_points("moons", n=1)
-
-
-# --- Standardizer -----------------------------------------------------------------------------
-def test_standardizer_zero_mean_unit_scale_and_roundtrip():
-    x = seed_dataset()
-    st = Standardizer.fit(x)
-    y = st.transform(x.astype(np.float64))
-    np.testing.assert_allclose(y.mean(0), 0, atol=1e-12)
-    assert abs((y**2).sum(1).mean() / 2 - 1) < 1e-12  # one scale: mean squared coordinate is 1
-    np.testing.assert_allclose(st.inverse(y), x, atol=1e-5)
-    t = torch.from_numpy(x)
-    assert st.transform(t).dtype == torch.float32
-    np.testing.assert_allclose(st.transform(t).numpy(), y, atol=1e-5)
-    st2 = Standardizer.from_state_dict(st.state_dict())
-    np.testing.assert_array_equal(st2.mean, st.mean)
-    assert st2.scale == st.scale
-    with pytest.raises(ValueError, match="identical"):
-        Standardizer.fit(np.ones((5, 2)))
-
-
-def test_standardizer_log_det_maps_densities_exactly():
-    """log p_x(x) = log p_y(y) + log|det dy/dx| with p_y the mixture pushed through y = (x - m)/s."""
-    mix = seed_mixture()
-    st = Standardizer.fit(seed_dataset())
-    m, s = st.mean, st.scale
-    mix_y = GaussianMixture(mix.weights, (mix.means.numpy() - m) / s, mix.covs.numpy() / s**2)
-    x = mix.sample(50, generator=torch.Generator().manual_seed(0))
-    lhs = mix.log_prob(x)
-    rhs = mix_y.log_prob(st.transform(x)) + st.log_abs_det()
-    torch.testing.assert_close(lhs, rhs, rtol=0, atol=1e-10)
 
 
 # --- sigma rules ------------------------------------------------------------------------------
