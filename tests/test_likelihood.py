@@ -1,0 +1,199 @@
+"""Likelihood through the probability-flow ODE against closed forms.
+
+For Gaussian data N(m, S), S = U diag(lam) U^T, every noised marginal is N(alpha m, U diag(v_t) U^T)
+with v_t = alpha(t)^2 lam + std(t)^2, and the exact-score probability-flow ODE is affine: in the
+eigenbasis w = U^T (x - alpha m) evolves as w(t) = w(eps) sqrt(v_t / v_eps) (since
+c + g^2 / (2 v) = 1/2 d log v / dt). Hence, with C = log(alpha_T / alpha_eps):
+    int_eps^T div f~ dt = 1/2 sum_j log(v_T,j / v_eps,j),
+    with a fixed probe u = U^T probe:  D C + sum_j u_j^2 (1/2 log(v_T,j / v_eps,j) - C).
+"""
+import math
+
+import pytest
+import torch
+
+from scoregen.distributions import GaussianMixture, seed_mixture
+from scoregen.likelihood import bits_per_dim, bpd_offset, dequantize, log_likelihood, nll_to_bpd
+from scoregen.sde import SubVPSDE, VESDE, VPSDE
+
+SDES = {"ve": lambda: VESDE(sigma_min=0.01, sigma_max=50.0), "vp": VPSDE, "subvp": SubVPSDE}
+TOL_PER_DIM = 1e-3  # nats per dimension, the accuracy asked of the exact-divergence solve
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds contention on a shared CI machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def random_gaussian(dim=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(dim, dim, generator=g, dtype=torch.float64)
+    mean = torch.randn(dim, generator=g, dtype=torch.float64) * 2
+    return GaussianMixture.gaussian(mean.numpy(), (a @ a.T + 0.3 * torch.eye(dim, dtype=torch.float64)).numpy())
+
+
+def exact_score(gm, sde):
+    """Differentiable exact score of the noised mixture for x of any shape (N, ...)."""
+
+    def fn(x, t):
+        return gm.score(x.reshape(x.shape[0], -1), sde.alpha(t), sde.std(t)).reshape(x.shape).to(x.dtype)
+
+    return fn
+
+
+def exact_logp(gm, sde, t):
+    def fn(x):
+        tt = torch.full((x.shape[0],), float(t), dtype=torch.float64)
+        return gm.log_prob(x.reshape(x.shape[0], -1), sde.alpha(tt), sde.std(tt))
+
+    return fn
+
+
+def variances(gm, sde, t):
+    t = torch.tensor(float(t), dtype=torch.float64)
+    return sde.alpha(t) ** 2 * gm._lam[0] + sde.std(t) ** 2
+
+
+@pytest.mark.parametrize("sde_name", sorted(SDES))
+@pytest.mark.parametrize("law", ["gaussian", "seed_mixture"])
+def test_exact_divergence_recovers_log_p_eps(sde_name, law):
+    sde = SDES[sde_name]()
+    gm = random_gaussian() if law == "gaussian" else seed_mixture()
+    x = gm.sample(4, generator=torch.Generator().manual_seed(1))
+    res = log_likelihood(exact_score(gm, sde), sde, x, divergence="exact", prior_logp=exact_logp(gm, sde, sde.T))
+    want = exact_logp(gm, sde, sde.eps)(x)
+    assert res.logp.shape == (4,) and res.logp.dtype == torch.float64
+    assert (res.logp - want).abs().max() < TOL_PER_DIM * gm.dim
+    assert torch.allclose(res.logp, res.prior_logp + res.delta_logp)
+    assert res.nfe > 10
+
+
+@pytest.mark.parametrize("sde_name", sorted(SDES))
+def test_default_prior_is_evaluated_at_the_ode_end_point(sde_name):
+    """With the SDE's own prior the model density is the pushforward of the prior by the affine flow."""
+    sde = SDES[sde_name]()
+    gm = random_gaussian(seed=3)
+    x = gm.sample(3, generator=torch.Generator().manual_seed(2))
+    res = log_likelihood(exact_score(gm, sde), sde, x, divergence="exact")
+    v0, v1 = variances(gm, sde, sde.eps), variances(gm, sde, sde.T)
+    a0, a1 = (sde.alpha(torch.tensor(t, dtype=torch.float64)) for t in (sde.eps, sde.T))
+    U, m = gm._U[0], gm.means[0]
+    z = a1 * m + ((x - a0 * m) @ U * (v1 / v0).sqrt()) @ U.T
+    want = sde.prior_logp(z) + 0.5 * torch.log(v1 / v0).sum()
+    assert (res.z - z).abs().max() < 1e-3 * z.abs().max()
+    assert (res.logp - want).abs().max() < TOL_PER_DIM * gm.dim
+
+
+def test_hutchinson_probe_is_held_fixed_along_the_solve():
+    sde = VPSDE()
+    gm = random_gaussian(seed=4)
+    x = gm.sample(3, generator=torch.Generator().manual_seed(5))
+    probes = torch.randn(2, *x.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    res = log_likelihood(exact_score(gm, sde), sde, x, divergence="hutchinson", probes=probes,
+                         prior_logp=exact_logp(gm, sde, sde.T))
+    v0, v1 = variances(gm, sde, sde.eps), variances(gm, sde, sde.T)
+    c = math.log(float(sde.alpha(torch.tensor(sde.T))) / float(sde.alpha(torch.tensor(sde.eps))))
+    u2 = (probes @ gm._U[0]) ** 2  # (K, N, D)
+    delta = gm.dim * c + (u2 * (0.5 * torch.log(v1 / v0) - c)).sum(-1)  # (K, N)
+    want = exact_logp(gm, sde, sde.T)(res.z)[:, None] + delta.T
+    assert res.logp_probes.shape == (3, 2)
+    assert (res.logp_probes - want).abs().max() < TOL_PER_DIM * gm.dim
+
+
+@pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
+def test_hutchinson_is_unbiased(probe):
+    sde = VESDE(sigma_min=0.01, sigma_max=50.0)
+    gm = seed_mixture()
+    x = gm.sample(2, generator=torch.Generator().manual_seed(7))
+    score, prior = exact_score(gm, sde), exact_logp(gm, sde, sde.T)
+    exact = log_likelihood(score, sde, x, divergence="exact", prior_logp=prior)
+    k = 200
+    est = log_likelihood(score, sde, x, divergence="hutchinson", n_probes=k, probe=probe, prior_logp=prior,
+                         generator=torch.Generator().manual_seed(8))
+    se = est.logp_se
+    assert est.logp_probes.shape == (2, k) and (se > 0).all()
+    # the solve itself is accurate to TOL_PER_DIM (test above); the rest is the estimator's noise
+    assert ((est.logp - exact.logp).abs() < 4 * se + TOL_PER_DIM * gm.dim).all()
+    assert (est.logp_probes.std(1) > 10 * TOL_PER_DIM * gm.dim).all()  # the check above has teeth
+
+
+def test_float32_and_solvers_agree():
+    sde = VPSDE()
+    gm = random_gaussian(seed=9)
+    x64 = gm.sample(4, generator=torch.Generator().manual_seed(10))
+    want = exact_logp(gm, sde, sde.eps)(x64)
+    prior = exact_logp(gm, sde, sde.T)
+    r32 = log_likelihood(exact_score(gm, sde), sde, x64.float(), divergence="exact", prior_logp=prior)
+    assert r32.logp.dtype == torch.float32 and r32.z.dtype == torch.float32
+    assert (r32.logp.double() - want).abs().max() < TOL_PER_DIM * gm.dim
+    for solver, kw in [("scipy_rk45", {}), ("heun", {"steps": 100})]:
+        r = log_likelihood(exact_score(gm, sde), sde, x64, divergence="exact", prior_logp=prior, solver=solver, **kw)
+        assert (r.logp - want).abs().max() < TOL_PER_DIM * gm.dim, solver
+    assert r.nfe == 200
+
+
+def test_bits_per_dim_matches_the_discrete_probability_in_either_value_range():
+    """A Gaussian model of 2x2 'images': bpd from the ODE equals -log2 P(k) / D, where P(k) is the
+    exact probability of the pixel cell (a product of normal CDF differences), up to the dequantization
+    noise (its standard error) and the Jensen gap ~ 1 / (24 L^2 s^2) nats per dimension."""
+    sde, levels, d = VPSDE(), 256, 4
+    gen = torch.Generator().manual_seed(11)
+    mean01, sd01 = 0.45, 0.08
+    y = mean01 + sd01 * torch.randn(3, 1, 2, 2, generator=gen, dtype=torch.float64)
+    pixels = (y * levels).floor().clamp(0, levels - 1).to(torch.uint8)
+    for lo, hi in [(0.0, 1.0), (-1.0, 1.0)]:
+        b = hi - lo
+        gm = GaussianMixture.gaussian([lo + b * mean01] * d, (b * sd01) ** 2 * torch.eye(d).numpy())
+        res = bits_per_dim(exact_score(gm, sde), sde, pixels, levels=levels, value_range=(lo, hi), repeats=16,
+                           generator=torch.Generator().manual_seed(12), dtype=torch.float64, divergence="exact",
+                           prior_logp=exact_logp(gm, sde, sde.T))
+        # every dequantized input lies in its own pixel's cell
+        cells = ((res.x - lo) / b * levels).floor()
+        assert torch.equal(cells, pixels.double().expand_as(cells))
+        # the per-repeat bpd is the derived formula applied to the exact log-density at the inputs
+        logp = exact_logp(gm, sde, sde.eps)(res.x.reshape(-1, 1, 2, 2)).reshape(16, 3).T
+        by_hand = (-logp - d * math.log(b) + d * math.log(levels)) / (d * math.log(2))
+        assert (res.bpd_repeats - by_hand).abs().max() < TOL_PER_DIM / math.log(2)
+        # and it bounds -log2 P(k) / D tightly: the model's law in [0, 1] units is N(mu, s^2) per pixel
+        t0 = torch.tensor(sde.eps, dtype=torch.float64)
+        mu = (sde.alpha(t0) * (lo + b * mean01) - lo) / b
+        s = torch.sqrt(sde.alpha(t0) ** 2 * (b * sd01) ** 2 + sde.std(t0) ** 2) / b
+        k = pixels.double().reshape(3, d)
+        cell = torch.special.ndtr(((k + 1) / levels - mu) / s) - torch.special.ndtr((k / levels - mu) / s)
+        discrete_bpd = -torch.log2(cell).sum(1) / d
+        gap = 1 / (24 * levels**2 * s**2) / math.log(2)  # bits per dimension
+        err = res.bpd - discrete_bpd
+        assert (err > -4 * res.bpd_se - TOL_PER_DIM).all() and (err < 4 * res.bpd_se + gap + TOL_PER_DIM).all()
+        assert (res.bpd_se < 0.01).all()
+
+
+def test_bpd_offset_is_the_change_of_variables():
+    # derived in the module docstring: log2 L - log2(hi - lo) bits per dimension
+    assert nll_to_bpd(torch.tensor(0.0), 10, 256, (0, 1)).item() == pytest.approx(8.0)
+    assert nll_to_bpd(torch.tensor(0.0), 10, 256, (-1, 1)).item() == pytest.approx(7.0)
+    assert bpd_offset(5, 17, (0, 1)) == pytest.approx(5 * math.log(17))
+
+
+def test_bad_input_is_refused_with_a_clear_message():
+    sde, gm = VPSDE(), seed_mixture()
+    x = gm.sample(2)
+    with pytest.raises(ValueError, match="differentiable"):
+        log_likelihood(gm.score_fn(sde), sde, x, divergence="exact")
+    with pytest.raises(ValueError, match="divergence"):
+        log_likelihood(exact_score(gm, sde), sde, x, divergence="trace")
+    with pytest.raises(ValueError, match="solver"):
+        log_likelihood(exact_score(gm, sde), sde, x, solver="rk4")
+    with pytest.raises(ValueError, match="probe"):
+        log_likelihood(exact_score(gm, sde), sde, x, divergence="hutchinson", probe="uniform")
+    with pytest.raises(ValueError, match="eps"):
+        log_likelihood(exact_score(gm, sde), sde, x, eps=2.0)
+    with pytest.raises(ValueError, match="floating"):
+        log_likelihood(exact_score(gm, sde), sde, torch.ones(2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="0..255"):
+        dequantize(torch.tensor([[0.5, 3.0]]))
+    with pytest.raises(ValueError, match="0..255"):
+        bits_per_dim(exact_score(gm, sde), sde, torch.tensor([[0, 256]]))
