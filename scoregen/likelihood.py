@@ -332,23 +332,29 @@ def dequantize(pixels: torch.Tensor, *, levels: int = 256, value_range=(0.0, 1.0
 
 
 def bits_per_dim(score_fn, sde: SDE, pixels: torch.Tensor, *, levels: int = 256, value_range=(0.0, 1.0),
-                 repeats: int = 1, generator=None, dtype=torch.float32, **options) -> BPDResult:
+                 shift=0.0, scale: float = 1.0, repeats: int = 1, generator=None, dtype=torch.float32,
+                 **options) -> BPDResult:
     """Bits per dimension of integer pixels k in {0..levels-1}, shape (N, ...) (module docstring):
 
         bpd = ( -log p_X(x) - D log(hi - lo) + D log L ) / (D ln 2),   x = lo + (hi - lo)(k + u)/L,
 
-    for a model of data scaled to `value_range` = (lo, hi). The K = `repeats` dequantizations
-    (each with its own Hutchinson probes) are solved as one batch of K N examples; `options` go
-    to `log_likelihood` (divergence, solver, rtol, ...).
+    for data scaled to `value_range` = (lo, hi). A model trained on normalized data sees
+    z = (x - shift) / scale (`shift` broadcastable to one example, e.g. per channel; `scale` a
+    scalar); then log p_X(x) = log p_Z(z) - D log(scale). The K = `repeats` dequantizations (each
+    with its own Hutchinson probes) are solved as one batch of K N examples; `options` go to
+    `log_likelihood` (divergence, solver, rtol, ...).
     """
+    if not (float(scale) > 0 and math.isfinite(float(scale))):
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
     if int(repeats) != repeats or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
     pixels = _check_pixels(pixels, int(levels))
     k, n, d = int(repeats), pixels.shape[0], pixels[0].numel()
     rep = pixels.expand(k, *pixels.shape).reshape(k * n, *pixels.shape[1:])
     x = dequantize(rep, levels=levels, value_range=value_range, generator=generator, dtype=dtype)
-    res = log_likelihood(score_fn, sde, x, generator=generator, **options)
-    nll = -res.logp.reshape(k, n).T  # (N, K)
+    shift = torch.as_tensor(shift, dtype=dtype, device=x.device)
+    res = log_likelihood(score_fn, sde, (x - shift) / float(scale), generator=generator, **options)
+    nll = -(res.logp.reshape(k, n).T - d * math.log(float(scale)))  # (N, K), nats of x
     bpd_k = nll_to_bpd(nll, d, levels, value_range)
     se = bpd_k.std(1) / math.sqrt(k) if k > 1 else torch.full((n,), float("nan"), dtype=bpd_k.dtype)
     bpd = bpd_k.mean(1)

@@ -7,14 +7,17 @@ c + g^2 / (2 v) = 1/2 d log v / dt). Hence, with C = log(alpha_T / alpha_eps):
     int_eps^T div f~ dt = 1/2 sum_j log(v_T,j / v_eps,j),
     with a fixed probe u = U^T probe:  D C + sum_j u_j^2 (1/2 log(v_T,j / v_eps,j) - C).
 """
+import json
 import math
 
 import pytest
 import torch
 
+from scoregen.cli.likelihood import images_bpd, points_nll
 from scoregen.distributions import GaussianMixture, seed_mixture
 from scoregen.likelihood import bits_per_dim, bpd_offset, dequantize, log_likelihood, nll_to_bpd
 from scoregen.sde import SubVPSDE, VESDE, VPSDE
+from scoregen.train import Normalizer
 
 SDES = {"ve": lambda: VESDE(sigma_min=0.01, sigma_max=50.0), "vp": VPSDE, "subvp": SubVPSDE}
 TOL_PER_DIM = 1e-3  # nats per dimension, the accuracy asked of the exact-divergence solve
@@ -136,39 +139,115 @@ def test_float32_and_solvers_agree():
     assert r.nfe == 200
 
 
-def test_bits_per_dim_matches_the_discrete_probability_in_either_value_range():
-    """A Gaussian model of 2x2 'images': bpd from the ODE equals -log2 P(k) / D, where P(k) is the
-    exact probability of the pixel cell (a product of normal CDF differences), up to the dequantization
-    noise (its standard error) and the Jensen gap ~ 1 / (24 L^2 s^2) nats per dimension."""
-    sde, levels, d = VPSDE(), 256, 4
+@pytest.mark.parametrize("lo, hi, shift, scale", [(0.0, 1.0, 0.0, 1.0), (-1.0, 1.0, 0.0, 1.0),
+                                                   (0.0, 1.0, 0.45, 0.08)])
+def test_bits_per_dim_matches_the_discrete_probability(lo, hi, shift, scale):
+    """A Gaussian model of 2x2 'images' in the value range (lo, hi), normalized as z = (x - shift) /
+    scale: bpd from the ODE equals -log2 P(k) / D, where P(k) is the exact probability of the pixel
+    cell (a product of normal CDF differences), up to the dequantization noise (its standard error)
+    and the Jensen gap ~ 1 / (24 L^2 s^2) nats per dimension."""
+    sde, levels, d, n, reps = VPSDE(), 256, 4, 3, 16
     gen = torch.Generator().manual_seed(11)
     mean01, sd01 = 0.45, 0.08
-    y = mean01 + sd01 * torch.randn(3, 1, 2, 2, generator=gen, dtype=torch.float64)
+    y = mean01 + sd01 * torch.randn(n, 1, 2, 2, generator=gen, dtype=torch.float64)
     pixels = (y * levels).floor().clamp(0, levels - 1).to(torch.uint8)
-    for lo, hi in [(0.0, 1.0), (-1.0, 1.0)]:
-        b = hi - lo
-        gm = GaussianMixture.gaussian([lo + b * mean01] * d, (b * sd01) ** 2 * torch.eye(d).numpy())
-        res = bits_per_dim(exact_score(gm, sde), sde, pixels, levels=levels, value_range=(lo, hi), repeats=16,
-                           generator=torch.Generator().manual_seed(12), dtype=torch.float64, divergence="exact",
-                           prior_logp=exact_logp(gm, sde, sde.T))
-        # every dequantized input lies in its own pixel's cell
-        cells = ((res.x - lo) / b * levels).floor()
-        assert torch.equal(cells, pixels.double().expand_as(cells))
-        # the per-repeat bpd is the derived formula applied to the exact log-density at the inputs
-        logp = exact_logp(gm, sde, sde.eps)(res.x.reshape(-1, 1, 2, 2)).reshape(16, 3).T
-        by_hand = (-logp - d * math.log(b) + d * math.log(levels)) / (d * math.log(2))
-        assert (res.bpd_repeats - by_hand).abs().max() < TOL_PER_DIM / math.log(2)
-        # and it bounds -log2 P(k) / D tightly: the model's law in [0, 1] units is N(mu, s^2) per pixel
-        t0 = torch.tensor(sde.eps, dtype=torch.float64)
-        mu = (sde.alpha(t0) * (lo + b * mean01) - lo) / b
-        s = torch.sqrt(sde.alpha(t0) ** 2 * (b * sd01) ** 2 + sde.std(t0) ** 2) / b
-        k = pixels.double().reshape(3, d)
-        cell = torch.special.ndtr(((k + 1) / levels - mu) / s) - torch.special.ndtr((k / levels - mu) / s)
-        discrete_bpd = -torch.log2(cell).sum(1) / d
-        gap = 1 / (24 * levels**2 * s**2) / math.log(2)  # bits per dimension
-        err = res.bpd - discrete_bpd
-        assert (err > -4 * res.bpd_se - TOL_PER_DIM).all() and (err < 4 * res.bpd_se + gap + TOL_PER_DIM).all()
-        assert (res.bpd_se < 0.01).all()
+    b = hi - lo
+    mz, sz = (lo + b * mean01 - shift) / scale, b * sd01 / scale  # the data law in model units
+    gm = GaussianMixture.gaussian([mz] * d, sz**2 * torch.eye(d).numpy())
+    res = bits_per_dim(exact_score(gm, sde), sde, pixels, levels=levels, value_range=(lo, hi), shift=shift,
+                       scale=scale, repeats=reps, generator=torch.Generator().manual_seed(12), dtype=torch.float64,
+                       divergence="exact", prior_logp=exact_logp(gm, sde, sde.T))
+    # every dequantized input lies in its own pixel's cell
+    cells = ((res.x - lo) / b * levels).floor()
+    assert torch.equal(cells, pixels.double().expand_as(cells))
+    # the per-repeat bpd is the derived formula applied to the exact log-density at the inputs
+    logp_z = exact_logp(gm, sde, sde.eps)((res.x.reshape(-1, 1, 2, 2) - shift) / scale).reshape(reps, n).T
+    by_hand = (-logp_z + d * math.log(scale) - d * math.log(b) + d * math.log(levels)) / (d * math.log(2))
+    assert (res.bpd_repeats - by_hand).abs().max() < TOL_PER_DIM / math.log(2)
+    # and it bounds -log2 P(k) / D tightly: the model's law in [0, 1] units is N(mu, s^2) per pixel
+    t0 = torch.tensor(sde.eps, dtype=torch.float64)
+    mu = (shift + scale * sde.alpha(t0) * mz - lo) / b
+    s = scale * torch.sqrt(sde.alpha(t0) ** 2 * sz**2 + sde.std(t0) ** 2) / b
+    assert_discrete_bound(res.bpd, res.bpd_se, pixels, mu, s, levels)
+
+
+def assert_discrete_bound(bpd, bpd_se, pixels, mu, s, levels):
+    """bpd against -log2 P(k) / D for a model whose law in [0, 1] units is N(mu_i, s^2) per pixel i:
+    P(k) is a product of normal CDF differences; bpd exceeds it by the Jensen gap ~ 1 / (24 L^2 s^2)
+    nats per dimension, up to the dequantization noise (4 standard errors)."""
+    n, d = pixels.shape[0], pixels[0].numel()
+    k = pixels.double().reshape(n, d)
+    mu = torch.as_tensor(mu, dtype=torch.float64).reshape(-1).expand(d)
+    cell = torch.special.ndtr(((k + 1) / levels - mu) / s) - torch.special.ndtr((k / levels - mu) / s)
+    discrete_bpd = -torch.log2(cell).sum(1) / d
+    gap = 1 / (24 * levels**2 * s**2) / math.log(2)  # bits per dimension
+    err = bpd - discrete_bpd
+    assert (err > -4 * bpd_se - TOL_PER_DIM).all() and (err < 4 * bpd_se + gap + TOL_PER_DIM).all()
+    assert (bpd_se < 0.01).all()
+
+
+def test_cli_images_bpd_with_a_per_channel_normalizer():
+    """2-channel 1x2 images normalized by train.Normalizer (a mean per channel, one scale)."""
+    sde, levels, n = VPSDE(), 256, 3
+    means01, sd01 = torch.tensor([0.3, 0.6], dtype=torch.float64), 0.07
+    y = means01[None, :, None, None] + sd01 * torch.randn(n, 2, 1, 2, generator=torch.Generator().manual_seed(13),
+                                                         dtype=torch.float64)
+    pixels = (y * levels).floor().clamp(0, levels - 1).to(torch.uint8)
+    norm = Normalizer(mean=torch.tensor([0.25, 0.55]).reshape(2, 1, 1), scale=0.1)
+    mz = ((means01 - norm.mean.double().reshape(2)) / norm.scale).repeat_interleave(2)  # per dimension
+    sz = sd01 / norm.scale
+    gm = GaussianMixture.gaussian(mz.numpy(), sz**2 * torch.eye(4).numpy())
+    bpd, se, nll, nfe = images_bpd(exact_score(gm, sde), sde, pixels, norm, levels=levels, batch_size=2, repeats=16,
+                                   generator=torch.Generator().manual_seed(14), dtype=torch.float64,
+                                   divergence="exact", prior_logp=exact_logp(gm, sde, sde.T))
+    assert bpd.shape == se.shape == nll.shape == (n,) and len(nfe) == 2
+    assert torch.allclose(nll, bpd * 4 * math.log(2))
+    t0 = torch.tensor(sde.eps, dtype=torch.float64)
+    mu = norm.mean.double().reshape(2).repeat_interleave(2) + norm.scale * sde.alpha(t0) * mz
+    s = norm.scale * torch.sqrt(sde.alpha(t0) ** 2 * sz**2 + sde.std(t0) ** 2)
+    assert_discrete_bound(bpd, se, pixels, mu, s, levels)
+
+
+@pytest.mark.parametrize("sde_name", ["ve", "vp"])
+def test_cli_points_nll_adds_the_normalizer_jacobian(sde_name):
+    """A model of z = (x - m) / s: -log p_X(x) of the raw points is -log p_Z(z) + D log s, checked against
+    the noised raw law N(alpha mu + (1 - alpha) m, alpha^2 S + s^2 std^2 I) at t = eps."""
+    sde = SDES[sde_name]()
+    gm_x = random_gaussian(seed=15)
+    m, s = torch.tensor([1.0, -2.0, 3.0]), 4.0
+    norm = Normalizer(mean=m, scale=s)
+    gm_z = gm_x.affine(m.double().numpy(), s)
+    x = gm_x.sample(5, generator=torch.Generator().manual_seed(16))
+    nll, nfe = points_nll(exact_score(gm_z, sde), sde, x, norm, batch_size=3, divergence="exact",
+                          prior_logp=exact_logp(gm_z, sde, sde.T))
+    t0 = torch.tensor(sde.eps, dtype=torch.float64)
+    a, sd = sde.alpha(t0), sde.std(t0)
+    raw = GaussianMixture.gaussian((a * gm_x.means[0] + (1 - a) * m.double()).numpy(),
+                                   (a**2 * gm_x.covs[0] + (s * sd) ** 2 * torch.eye(3, dtype=torch.float64)).numpy())
+    assert len(nfe) == 2
+    assert (nll + raw.log_prob(x)).abs().max() < TOL_PER_DIM * 3
+
+
+def test_cli_end_to_end_on_a_tiny_run(tmp_path, capsys):
+    from scoregen.cli import main
+    from scoregen.models import ScoreModel
+    from scoregen.nets import build_net
+    from scoregen.train import TrainConfig, train
+
+    model = ScoreModel(build_net("mlp", dim=2, hidden=16, depth=1), VESDE(sigma_max=10.0))
+    train(model, seed_mixture().sample(64).float(), TrainConfig(steps=2, batch_size=16, progress=False,
+                                                                checkpoint_every=0, device="cpu"), run_dir=tmp_path)
+    out = tmp_path / "ll.json"
+    rc = main(["likelihood", str(tmp_path), "--data", "seed", "--n", "6", "--seed", "1", "--hutchinson", "2",
+               "--batch-size", "4", "--rtol", "1e-3", "--atol", "1e-3", "--out", str(out), "--no-progress"])
+    assert rc == 0 and "nats per example" in capsys.readouterr().out
+    summary = json.loads(out.read_text())
+    for key in ("nll_mean", "nll_se", "bpd_mean", "bpd_se", "nfe_mean", "seconds"):
+        assert key in summary
+    assert summary["bpd_mean"] is None and summary["n"] == 6 and len(summary["per_example"]["nll"]) == 6
+    assert math.isfinite(summary["nll_mean"]) and summary["nll_se"] > 0
+    assert main(["likelihood", str(tmp_path), "--data", "mnist"]) == 2  # shape mismatch: one clear line
+    assert "trained on shape [2]" in capsys.readouterr().err
 
 
 def test_bpd_offset_is_the_change_of_variables():

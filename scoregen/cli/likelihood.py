@@ -1,0 +1,218 @@
+"""`scoregen likelihood RUN_DIR --data FILE|NAME`: exact NLL (and bits/dim for images) of a trained run.
+
+The model of a run scores *normalized* data z = (x - m) / s (train.Normalizer: m per coordinate
+or channel, s one scalar), so the density of the original data is, by the change of variables,
+
+    log p_X(x) = log p_Z(z) + log |det dz/dx| = log p_Z(z) - D log s.
+
+Points: `nll` = -log p_X(x) in nats per example, at the data's own scale. Images (a name of
+images.IMAGE_DATASETS): the pixels are dequantized into the run's value range and the same
+Jacobian goes into bits/dim (likelihood.bits_per_dim, which derives the offset); `nll` is then the
+NLL bound of the discrete 8-bit data, bpd * D ln 2.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..likelihood import PROBES, SOLVERS, bits_per_dim, log_likelihood
+
+HELP = "exact log-likelihood (nats) and bits/dim of data under a trained run, through the probability-flow ODE"
+
+#: number of grey levels of the 'digits' set (values 0..16); every other image set is 8-bit
+_LEVELS = {"digits": 17}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a training run folder (holds checkpoint.pt)")
+    parser.add_argument("--data", required=True, metavar="FILE|NAME",
+                        help="points: a data.POINT_DATASETS name or a .npy/.csv file; images: mnist, "
+                             "fashion-mnist, digits or cifar10")
+    div = parser.add_mutually_exclusive_group()
+    div.add_argument("--exact", action="store_true", help="exact divergence (default up to 64 dimensions)")
+    div.add_argument("--hutchinson", type=int, metavar="K",
+                     help="Skilling-Hutchinson divergence with K probes per example (default above 64 dimensions, K=1)")
+    parser.add_argument("--probe", choices=PROBES, default="rademacher", help="Hutchinson probe distribution")
+    parser.add_argument("--solver", choices=SOLVERS, default="rk45", help="ODE solver (default: torch Dormand-Prince)")
+    parser.add_argument("--steps", type=int, default=100, help="steps of the 'heun' solver")
+    parser.add_argument("--rtol", type=float, default=1e-5)
+    parser.add_argument("--atol", type=float, default=1e-5)
+    parser.add_argument("--eps", type=float, default=None, help="start time of the ODE (default: the SDE's eps)")
+    parser.add_argument("--n", type=int, default=None,
+                        help="points: number of points (fresh draws for a named data set); images: first N images")
+    parser.add_argument("--split", default="test", help="images: train or test split (default test)")
+    parser.add_argument("--data-dir", default=None, help="images: folder holding the data files")
+    parser.add_argument("--value-range", default=None,
+                        help="images: the range the run was trained on, '0,1' or '-1,1' (default: the run's "
+                             "config.yaml, else 0,1)")
+    parser.add_argument("--repeats", type=int, default=1, help="images: dequantization repeats per image")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the point draws, probes and dequantization")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--out", default=None, metavar="FILE.json",
+                        help="summary and per-example values (default RUN_DIR/likelihood.json)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# --- evaluation (importable, tested) ----------------------------------------------------------
+def _batches(n: int, batch_size: int, progress: bool, desc: str):
+    starts = range(0, n, batch_size)
+    return tqdm(starts, desc=desc, leave=False) if progress else starts
+
+
+def points_nll(score_fn, sde, x, normalizer, *, batch_size: int = 128, progress: bool = False, **options):
+    """-log p_X(x) per example (nats, original scale) and the NFE of each batch.
+
+    x (N, D) raw points; the model sees normalizer(x) and log p_X = log p_Z - D log s.
+    """
+    d = x[0].numel()
+    jac = -d * math.log(normalizer.scale)
+    nll, nfe = [], []
+    for i in _batches(x.shape[0], batch_size, progress, "likelihood"):
+        res = log_likelihood(score_fn, sde, normalizer(x[i:i + batch_size]), **options)
+        nll.append(-(res.logp + jac))
+        nfe.append(res.nfe)
+    return torch.cat(nll), nfe
+
+
+def images_bpd(score_fn, sde, pixels, normalizer, *, levels: int = 256, value_range=(0.0, 1.0),
+               batch_size: int = 128, repeats: int = 1, progress: bool = False, **options):
+    """(bpd (N,), its per-image standard error over repeats (N,), nll (N,), NFE per batch)."""
+    out = {"bpd": [], "se": [], "nll": []}
+    nfe = []
+    for i in _batches(pixels.shape[0], batch_size, progress, "likelihood"):
+        res = bits_per_dim(score_fn, sde, pixels[i:i + batch_size], levels=levels, value_range=value_range,
+                           shift=normalizer.mean.reshape(-1, *[1] * (pixels.dim() - 2)), scale=normalizer.scale,
+                           repeats=repeats, **options)
+        out["bpd"].append(res.bpd)
+        out["se"].append(res.bpd_se)
+        out["nll"].append(res.nll)
+        nfe.append(res.nfe)
+    return torch.cat(out["bpd"]), torch.cat(out["se"]), torch.cat(out["nll"]), nfe
+
+
+def summarize(nll, nfe, seconds, bpd=None) -> dict:
+    """The summary keys: nll_mean, nll_se (nats per example), bpd_mean, bpd_se (images), nfe_mean, seconds."""
+
+    def mean_se(v):
+        v = v.double()
+        se = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+        return float(v.mean()), se
+
+    nll_mean, nll_se = mean_se(nll)
+    bpd_mean, bpd_se = mean_se(bpd) if bpd is not None else (None, None)
+    return {"nll_mean": nll_mean, "nll_se": nll_se, "bpd_mean": bpd_mean, "bpd_se": bpd_se,
+            "nfe_mean": float(np.mean(nfe)), "seconds": float(seconds)}
+
+
+# --- the command -------------------------------------------------------------------------------
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda[:i]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def _value_range(arg, run_dir: Path):
+    from ..images import parse_value_range
+
+    if arg is not None:
+        return parse_value_range(arg)
+    cfg_file = run_dir / "config.yaml"
+    if cfg_file.exists():
+        import yaml
+
+        cfg = yaml.safe_load(cfg_file.read_text()) or {}
+        vr = (cfg.get("data") or {}).get("value_range")
+        if vr is not None:
+            return parse_value_range(vr)
+    return 0.0, 1.0
+
+
+def _options(args) -> dict:
+    for name in ("rtol", "atol"):
+        if not getattr(args, name) > 0:
+            raise ValueError(f"--{name} must be > 0, got {getattr(args, name)}")
+    for name in ("batch_size", "repeats", "steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.hutchinson is not None and args.hutchinson < 1:
+        raise ValueError(f"--hutchinson K needs K >= 1 probes, got {args.hutchinson}")
+    divergence = "exact" if args.exact else ("hutchinson" if args.hutchinson else "auto")
+    return {"divergence": divergence, "n_probes": args.hutchinson or 1, "probe": args.probe, "solver": args.solver,
+            "steps": args.steps, "rtol": args.rtol, "atol": args.atol, "eps": args.eps}
+
+
+def run(args) -> int:
+    from ..images import IMAGE_DATASETS, load_images
+    from ..train import load_run
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.exists():
+        raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
+    options = _options(args)
+    device, dtype = _device(args.device), getattr(torch, args.dtype)
+    model, sde, normalizer, meta = load_run(run_dir, device=device)
+    model = model.to(dtype)
+    score_fn = model.score_fn()
+    gen = torch.Generator(device).manual_seed(args.seed)
+    progress = not args.no_progress
+    key = str(args.data).lower().replace("_", "-")
+    is_image = key in IMAGE_DATASETS or key in ("fashion", "fmnist", "cifar-10")
+    data_shape = list(meta["data_shape"][1:])
+    t0 = time.perf_counter()
+    if is_image:
+        value_range = _value_range(args.value_range, run_dir)
+        x01, _ = load_images(args.data, args.split, data_dir=args.data_dir, limit=args.n)
+        levels = _LEVELS.get(key, 256)
+        pixels = torch.round(x01 * (levels - 1)).to(torch.int16).to(device)
+        _check_shape(list(pixels.shape[1:]), data_shape, args.data)
+        bpd, bpd_se, nll, nfe = images_bpd(score_fn, sde, pixels, normalizer, levels=levels, value_range=value_range,
+                                           batch_size=args.batch_size, repeats=args.repeats, progress=progress,
+                                           generator=gen, dtype=dtype, **options)
+        per_example = {"nll": nll.tolist(), "bpd": bpd.tolist(), "bpd_se_repeats": bpd_se.tolist()}
+    else:
+        from ..data import load_points
+
+        x = torch.as_tensor(load_points(args.data, n=args.n, seed=args.seed), dtype=dtype, device=device)
+        _check_shape(list(x.shape[1:]), data_shape, args.data)
+        nll, nfe = points_nll(score_fn, sde, x, normalizer, batch_size=args.batch_size, progress=progress,
+                              generator=gen, **options)
+        bpd = None
+        per_example = {"nll": nll.tolist()}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    summary = summarize(nll, nfe, time.perf_counter() - t0, bpd)
+    summary.update({"n": int(nll.shape[0]), "dim": int(np.prod(data_shape)), "data": str(args.data),
+                    "run_dir": str(run_dir), "options": {k: v for k, v in options.items()}, "device": str(device),
+                    "per_example": per_example})
+    out = Path(args.out) if args.out else run_dir / "likelihood.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1))
+    _print(summary, out)
+    return 0
+
+
+def _check_shape(got, want, data) -> None:
+    if got != want:
+        raise ValueError(f"data {data!r} has examples of shape {got}, but the run was trained on shape {want}")
+
+
+def _print(s: dict, out: Path) -> None:
+    line = f"NLL {s['nll_mean']:.4f} +- {s['nll_se']:.4f} nats per example (n={s['n']}, D={s['dim']})"
+    if s["bpd_mean"] is not None:
+        line += f"; {s['bpd_mean']:.4f} +- {s['bpd_se']:.4f} bits/dim"
+    print(line)
+    print(f"NFE {s['nfe_mean']:.1f} per batch; {s['seconds']:.2f} s; written to {out}")
