@@ -23,15 +23,6 @@ SDES = {"ve": lambda: VESDE(sigma_min=0.01, sigma_max=50.0), "vp": VPSDE, "subvp
 TOL_PER_DIM = 1e-3  # nats per dimension, the accuracy asked of the exact-divergence solve
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds contention on a shared CI machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def random_gaussian(dim=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(dim, dim, generator=g, dtype=torch.float64)
