@@ -62,10 +62,16 @@ def fid(feats_a, feats_b) -> float:
     return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
 
 
+def _cubic_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    g = a @ b.T
+    g /= a.shape[1]
+    g += 1
+    return g * g * g  # much faster than g ** 3 (numpy's general power)
+
+
 def _mmd2_unbiased(a: np.ndarray, b: np.ndarray) -> float:
     """Unbiased MMD^2 (U-statistic) with the cubic polynomial kernel."""
-    d = a.shape[1]
-    kaa, kbb, kab = ((a @ a.T) / d + 1) ** 3, ((b @ b.T) / d + 1) ** 3, ((a @ b.T) / d + 1) ** 3
+    kaa, kbb, kab = _cubic_kernel(a, a), _cubic_kernel(b, b), _cubic_kernel(a, b)
     m, n = len(a), len(b)
     return float((kaa.sum() - np.trace(kaa)) / (m * (m - 1)) + (kbb.sum() - np.trace(kbb)) / (n * (n - 1))
                  - 2 * kab.mean())

@@ -145,7 +145,7 @@ class SeedUNet(nn.Module):
 class ResBlock(nn.Module):
     """GN -> SiLU -> conv -> FiLM(emb) -> GN -> SiLU -> dropout -> conv, plus a (1x1) shortcut.
 
-    FiLM: h <- GN(h) (1 + s(emb)) + b(emb), with (s, b) a linear map of the embedding
+    FiLM: h <- GN(h) (1 + s(emb)) + b(emb), with (s, b) a linear map of SiLU(embedding)
     (Perez et al. 2018; the "scale-shift norm" of Dhariwal & Nichol 2021).
     """
 
@@ -159,7 +159,7 @@ class ResBlock(nn.Module):
 
     def forward(self, x, emb):
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
+        scale, shift = self.film(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
         h = self.conv2(self.dropout(F.silu(h)))
         return h + self.skip(x)
