@@ -120,12 +120,16 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None, p: f
     return torch.where(flip.reshape(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
 
 
+def _check_limit(limit) -> int:
+    if int(limit) != limit or int(limit) < 1:
+        raise ValueError(f"limit must be a positive number of images, got {limit!r}")
+    return int(limit)
+
+
 def _finish(images: np.ndarray, labels: np.ndarray, value_range, limit) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8-ish (N, C, H, W) array in [0, 255] -> scaled float32 tensor; labels -> int64."""
     if limit is not None:
-        if int(limit) < 1:
-            raise ValueError(f"limit must be a positive number of images, got {limit!r}")
-        images, labels = images[: int(limit)], labels[: int(limit)]
+        images, labels = images[: _check_limit(limit)], labels[: _check_limit(limit)]
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / 255.0)
     return scale_images(x, value_range), torch.from_numpy(np.asarray(labels, dtype=np.int64))
 
@@ -360,7 +364,7 @@ def load_image_folder(root, *, size: int = 32, grey: bool = False, value_range=(
     if not paths:
         raise ValueError(f"no PNG/JPEG images ({', '.join(sorted(_IMAGE_SUFFIXES))}) found under {root}")
     if limit is not None:
-        paths = paths[: max(int(limit), 1)]
+        paths = paths[: _check_limit(limit)]
     classes = sorted({p.relative_to(root).parts[0] for p in paths if len(p.relative_to(root).parts) > 1})
     out, labels = [], []
     for p in paths:

@@ -182,6 +182,8 @@ def test_value_ranges_and_flips():
     assert torch.equal(xd[n:], xd[:n].flip(-1)) and torch.equal(yd[n:], yd[:n])
     with pytest.raises(ValueError, match="unknown image data set"):
         load_images("imagenet")
+    with pytest.raises(ValueError, match="limit must be a positive"):
+        load_images("digits", limit=0)
 
 
 def test_random_hflip_rate():
