@@ -25,7 +25,7 @@ import torch
 from .sde import SDE, NoiseLadder, broadcast_to
 
 __all__ = ["Loss", "DSMLoss", "NCSNLoss", "ContinuousDSMLoss", "SSMLoss", "dsm_loss", "ncsn_loss",
-           "continuous_dsm_loss", "ssm_loss", "LOSSES", "make_loss", "WEIGHTINGS"]
+           "continuous_dsm_loss", "ssm_loss", "LOSSES", "LOSS_OPTIONS", "make_loss", "WEIGHTINGS"]
 
 WEIGHTINGS = ("sigma2", "likelihood")
 
@@ -292,27 +292,39 @@ def _sde_of(model, sde):
 
 
 # --- registry for the trainer and the CLI ------------------------------------------------------
+def _edm_loss(sde, **options):
+    """EDM's objective lives with its preconditioning (imported here: that module imports this one)."""
+    from .preconditioning import EDMLoss
+
+    return EDMLoss(sde, **options)
+
+
 LOSSES = {
     "dsm": DSMLoss,
     "ncsn": NCSNLoss,
     "sde": ContinuousDSMLoss,
     "ssm": lambda sde, **kw: SSMLoss(sde, variance_reduction=False, **kw),
     "ssm-vr": lambda sde, **kw: SSMLoss(sde, variance_reduction=True, **kw),
+    "edm": _edm_loss,
 }
-_OPTIONS = {"dsm": ("sigma",), "ncsn": (), "sde": ("weighting", "importance_sampling", "eps"),
-            "ssm": ("n_projections", "eps"), "ssm-vr": ("n_projections", "eps")}
+#: the options each loss accepts (for config validation)
+LOSS_OPTIONS = {"dsm": ("sigma",), "ncsn": (), "sde": ("weighting", "importance_sampling", "eps"),
+                "ssm": ("n_projections", "eps"), "ssm-vr": ("n_projections", "eps"),
+                "edm": ("sigma_data", "p_mean", "p_std", "eps")}
+_OPTIONS = LOSS_OPTIONS  # the name config.py reads
 
 
 def make_loss(name: str, sde: SDE, **options) -> Loss:
-    """Build the objective `name` ("dsm", "ncsn", "sde", "ssm", "ssm-vr") for `sde`.
+    """Build the objective `name` ("dsm", "ncsn", "sde", "ssm", "ssm-vr", "edm") for `sde`.
 
-    Options: dsm: sigma; sde: weighting, importance_sampling, eps; ssm/ssm-vr: n_projections, eps.
+    Options: dsm: sigma; sde: weighting, importance_sampling, eps; ssm/ssm-vr: n_projections, eps;
+    edm (preconditioning.EDMLoss): sigma_data, p_mean, p_std, eps.
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
-    unknown = sorted(set(options) - set(_OPTIONS[name]))
+    unknown = sorted(set(options) - set(LOSS_OPTIONS[name]))
     if unknown:
-        raise ValueError(f"loss {name!r} takes no option(s) {unknown}; accepted: {list(_OPTIONS[name])}")
+        raise ValueError(f"loss {name!r} takes no option(s) {unknown}; accepted: {list(LOSS_OPTIONS[name])}")
     if name == "dsm" and "sigma" not in options:
         raise ValueError("loss 'dsm' needs the option sigma (the single noise level)")
     return LOSSES[name](sde, **options)

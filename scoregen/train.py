@@ -189,7 +189,7 @@ class Trainer:
         self.callback = callback
         self.model_config = model.config()  # fails early if the net cannot be checkpointed
 
-        raw = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data).float()
+        raw = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data).float().cpu()
         if raw.dim() < 2 or raw.shape[0] < 1:
             raise ValueError(f"data must have shape (N, ...) with N >= 1, got {tuple(raw.shape)}")
         self.normalizer = normalizer or (Normalizer.fit(raw) if cfg.normalize else Normalizer())
@@ -346,7 +346,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
+            "rng": {"generator": self.generator.get_state()},  # the only randomness a step uses
             "step": self.step,
             "loss_history": torch.tensor(self.loss_history, dtype=torch.float64),
             "normalizer": self.normalizer.state_dict(),
@@ -368,7 +368,6 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["rng"]["generator"])
-        torch.set_rng_state(state["rng"]["torch"])
         self.step = int(state["step"])
         self.loss_history = state["loss_history"].tolist()
         self.normalizer = Normalizer.from_state_dict(state["normalizer"])
@@ -403,6 +402,15 @@ def train(model: ScoreModel, data, config: TrainConfig | None = None, run_dir=No
     return trainer
 
 
+def _model_from_config(cfg: dict) -> ScoreModel:
+    """ScoreModel, or the subclass its "parameterization" names (EDM's lives in preconditioning)."""
+    if cfg.get("parameterization", "score") == "score":
+        return ScoreModel.from_config(cfg)
+    from .preconditioning import model_from_config  # imported late: it builds on losses and models
+
+    return model_from_config(cfg)
+
+
 def load_run(run_dir, device="cpu"):
     """(model with EMA weights in eval mode, sde, normalizer, meta) from RUN_DIR/checkpoint.pt.
 
@@ -412,7 +420,7 @@ def load_run(run_dir, device="cpu"):
     state = load_checkpoint(run_dir, map_location=device)
     if state.get("kind") != RUN_KIND:
         raise ValueError(f"{run_dir} holds a scoregen checkpoint that is not a training run (kind={state.get('kind')!r})")
-    model = ScoreModel.from_config(state["model_config"])
+    model = _model_from_config(state["model_config"])
     model.load_state_dict(state["ema"])
     model = model.to(device).eval().requires_grad_(False)
     meta = {"step": int(state["step"]), "train_config": state["train_config"],

@@ -153,3 +153,15 @@ def test_training_learns_the_mixture_score():
     after = _relative_errors(trainer.score_fn(), _normalized_mixture(trainer.normalizer), sde, times)
     assert (before > 0.9).all()  # an untrained net knows nothing of the score
     assert (after < before / 3).all() and (after[1:] < before[1:] / 10).all(), (before, after)
+
+
+def test_edm_run_round_trips_through_load_run(tmp_path):
+    """A run of another parameterization (EDM's denoiser) is rebuilt as that class by load_run."""
+    pre = pytest.importorskip("scoregen.preconditioning")
+    torch.manual_seed(0)
+    model = pre.EDMModel(build_net("mlp", dim=2, hidden=16, depth=1, emb_dim=8), VPSDE(), sigma_data=1.0)
+    trainer = train(model, DATA, quiet(steps=4, loss="edm", loss_options={"sigma_data": 1.0}), tmp_path)
+    loaded, _, _, meta = load_run(tmp_path)
+    assert type(loaded) is pre.EDMModel and meta["step"] == 4
+    x = torch.randn(5, 2)
+    torch.testing.assert_close(loaded(x, 0.3), trainer.ema(x, 0.3))
