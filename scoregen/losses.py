@@ -175,7 +175,8 @@ class ContinuousDSMLoss(Loss):
 
     name = "sde"
 
-    def __init__(self, sde: SDE, weighting: str = "sigma2", importance_sampling: bool = False, eps: float | None = None):
+    def __init__(self, sde: SDE, weighting: str = "sigma2", importance_sampling: bool = False,
+                 eps: float | None = None):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; choose one of {list(WEIGHTINGS)}")
         eps = sde.eps if eps is None else float(eps)
@@ -238,7 +239,8 @@ class SSMLoss(Loss):
         eps = sde.eps if eps is None else float(eps)
         if not 0 < eps < sde.T:
             raise ValueError(f"eps must lie in (0, T={sde.T}), got eps={eps}")
-        self.sde, self.n_projections, self.variance_reduction, self.eps = sde, int(n_projections), bool(variance_reduction), eps
+        self.sde, self.eps = sde, eps
+        self.n_projections, self.variance_reduction = int(n_projections), bool(variance_reduction)
         self.name = "ssm-vr" if variance_reduction else "ssm"
 
     def draw(self, x0, generator=None):

@@ -93,7 +93,8 @@ class ScoreModel(nn.Module):
 
     # --- plain-data description for checkpoints ------------------------------------------
     def config(self) -> dict:
-        """{"net": {"name", "kwargs"}, "sde": sde.config(), "cond", "scale_by_std", "scale_input", "parameterization"}."""
+        """Plain data: {"net": {"name", "kwargs"}, "sde": sde.config(), "cond", "scale_by_std",
+        "scale_input", "parameterization"}."""
         net_config = getattr(self.net, "net_config", None)
         if net_config is None:
             raise ValueError("ScoreModel.config() needs a network built with scoregen.nets.build_net(name, ...)")
@@ -101,17 +102,21 @@ class ScoreModel(nn.Module):
                 "scale_by_std": self.scale_by_std, "scale_input": self.scale_input,
                 "parameterization": self.parameterization}
 
-    @classmethod
-    def from_config(cls, cfg: dict) -> "ScoreModel":
-        """Rebuild (with fresh weights) from `config()`'s output; load a state dict afterwards."""
+    @staticmethod
+    def parts_from_config(cfg: dict):
+        """(net with fresh weights, sde) from a `config()` output; subclasses' from_config share it."""
         missing = [k for k in ("net", "sde") if k not in cfg]
         if missing:
-            raise ValueError(f"a ScoreModel config needs the keys {missing}; got {sorted(cfg)}")
+            raise ValueError(f"a model config needs the keys {missing}; got {sorted(cfg)}")
         net_cfg, sde_cfg = dict(cfg["net"]), dict(cfg["sde"])
         if "name" not in net_cfg or "name" not in sde_cfg:
             raise ValueError(f"net and sde configs need a 'name', got net={net_cfg}, sde={sde_cfg}")
-        net = build_net(net_cfg["name"], **net_cfg.get("kwargs", {}))
-        sde = make_sde(**sde_cfg)
+        return build_net(net_cfg["name"], **net_cfg.get("kwargs", {})), make_sde(**sde_cfg)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "ScoreModel":
+        """Rebuild (with fresh weights) from `config()`'s output; load a state dict afterwards."""
+        net, sde = cls.parts_from_config(cfg)
         return cls(net, sde, cond=cfg.get("cond", "log_std"), scale_by_std=cfg.get("scale_by_std", True),
                    scale_input=cfg.get("scale_input", True), parameterization=cfg.get("parameterization", "score"))
 

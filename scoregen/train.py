@@ -419,7 +419,8 @@ def load_run(run_dir, device="cpu"):
     """
     state = load_checkpoint(run_dir, map_location=device)
     if state.get("kind") != RUN_KIND:
-        raise ValueError(f"{run_dir} holds a scoregen checkpoint that is not a training run (kind={state.get('kind')!r})")
+        raise ValueError(f"{run_dir} holds a scoregen checkpoint that is not a training run "
+                         f"(kind={state.get('kind')!r})")
     model = _model_from_config(state["model_config"])
     model.load_state_dict(state["ema"])
     model = model.to(device).eval().requires_grad_(False)

@@ -18,15 +18,6 @@ Z = 4.0  # standard errors allowed
 MU, COV = [1.0, -2.0], [[2.0, 0.6], [0.6, 0.5]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: intra-op threads only add contention on the shared CI cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 

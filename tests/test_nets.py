@@ -23,8 +23,8 @@ def test_fourier_embedding_is_fixed_buffer_and_checkpointed():
     emb = GaussianFourierEmbedding(16, scale=16.0)
     assert "W" in emb.state_dict() and len(list(emb.parameters())) == 0
     c = torch.tensor([0.25])
-    w = emb.W
-    torch.testing.assert_close(emb(c)[0], torch.cat([torch.sin(2 * math.pi * 0.25 * w), torch.cos(2 * math.pi * 0.25 * w)]))
+    arg = 2 * math.pi * 0.25 * emb.W
+    torch.testing.assert_close(emb(c)[0], torch.cat([torch.sin(arg), torch.cos(arg)]))
     other = GaussianFourierEmbedding(16)
     other.load_state_dict(emb.state_dict())
     torch.testing.assert_close(other(c), emb(c))

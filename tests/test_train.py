@@ -13,15 +13,6 @@ from scoregen.sde import VPSDE, make_sde
 from scoregen.train import Normalizer, TrainConfig, Trainer, load_run, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets: intra-op threads only add contention on the shared CI cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_model(seed=0, sde=None, n_classes=0):
     torch.manual_seed(seed)
     net = build_net("mlp", dim=2, hidden=16, depth=1, emb_dim=8, n_classes=n_classes)
