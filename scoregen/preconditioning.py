@@ -1,0 +1,158 @@
+"""EDM preconditioning: a network as a denoiser D(x_hat; sigma), beside the plain score parameterization.
+
+Karras, Aittala, Aila, Laine (2022), "Elucidating the Design Space of Diffusion-Based Generative
+Models" (EDM), Sec. 5 and Table 1. Every process here is linear, x(t) = alpha(t) x(0) + std(t) z, so
+x_hat = x / alpha = x(0) + sigma z with sigma = std / alpha (`SDE.sigma`), and
+
+    D(x_hat; sigma) = c_skip(sigma) x_hat + c_out(sigma) F(c_in(sigma) x_hat; c_noise(sigma)),
+    c_skip = sd^2 / (sigma^2 + sd^2),   c_out = sigma sd / sqrt(sigma^2 + sd^2),
+    c_in = 1 / sqrt(sigma^2 + sd^2),   c_noise = log(sigma) / 4,        sd = sigma_data,
+
+chosen so that the network's input and its training target both have unit variance at every
+sigma. D estimates E[x(0) | x(t)], so by Tweedie the score of x(t) is
+
+    s(x, t) = (alpha D - x) / std^2 = (D - x_hat) / (alpha sigma^2)     ((D - x) / sigma^2 for VE).
+
+The loss (EDM eq. 8, Table 1) draws log sigma ~ N(P_mean, P_std^2) and weighs by
+lambda(sigma) = 1 / c_out^2 = (sigma^2 + sd^2) / (sigma sd)^2:
+
+    l = lambda(sigma) / 2 || D(x(0) + sigma z; sigma) - x(0) ||^2     (summed over coordinates).
+
+Since D - x(0) = sigma (std s + z), this is (sigma^2 + sd^2) / sd^2 times the DSM term
+1/2 || std s + z ||^2 of `losses`, so any score model can be trained or scored with it.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .losses import Loss, _randn, _sqnorm
+from .models import ScoreModel, batch_time
+from .schedules import t_from_sigma
+from .sde import SDE, broadcast_to
+
+__all__ = ["edm_coefficients", "EDMModel", "EDMLoss", "model_from_config", "estimate_sigma_data"]
+
+
+def edm_coefficients(sigma: torch.Tensor, sigma_data: float):
+    """(c_skip, c_out, c_in, c_noise) of EDM's Table 1 at noise levels sigma (any shape)."""
+    s2, d2 = sigma**2, sigma_data**2
+    root = torch.sqrt(s2 + d2)
+    return d2 / (s2 + d2), sigma * sigma_data / root, 1.0 / root, 0.25 * torch.log(sigma)
+
+
+def _check_sigma_data(sigma_data) -> float:
+    if isinstance(sigma_data, bool) or not isinstance(sigma_data, (int, float)) or not (0 < sigma_data < math.inf):
+        raise ValueError(f"sigma_data must be a positive number (the data's standard deviation), got {sigma_data!r}")
+    return float(sigma_data)
+
+
+def estimate_sigma_data(x0: torch.Tensor) -> float:
+    """The data's standard deviation over all coordinates, EDM's sigma_data (0.5 for images in [-1, 1])."""
+    return float(torch.as_tensor(x0, dtype=torch.float64).std())
+
+
+class EDMModel(ScoreModel):
+    """A network preconditioned as EDM's denoiser, exposed as a score model s(x, t, y=None).
+
+    `net(x, c, y=None)` from `nets.build_net` receives c_in x_hat and c = c_noise = log(sigma) / 4;
+    `denoise(x, t, y)` is D(x / alpha; sigma) and `forward` the score (module docstring). It fits the
+    ScoreModel interface (`score_fn(y)`, `config()`), with parameterization "edm".
+    """
+
+    def __init__(self, net, sde: SDE, sigma_data: float = 0.5):
+        super().__init__(net, sde, cond="log_std", scale_by_std=False, scale_input=False)
+        self.parameterization = "edm"
+        self.sigma_data = _check_sigma_data(sigma_data)
+
+    def _levels(self, x, t):
+        """alpha, std and sigma at t, per example, in float64 (std - its cancellation for VE near eps)."""
+        t64 = batch_time(t, x).to(torch.float64)
+        alpha, std = self.sde.alpha(t64), self.sde.std(t64)
+        return alpha, std, std / alpha
+
+    def _denoise(self, x, alpha, sigma, y):
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
+        cast = lambda v: broadcast_to(v.to(x.dtype), x)  # noqa: E731
+        x_hat = x / cast(alpha)
+        out = self.net(cast(c_in) * x_hat, c_noise.to(x.dtype), y)
+        return cast(c_skip) * x_hat + cast(c_out) * out.to(x.dtype)
+
+    def denoise(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
+        """D(x / alpha(t); sigma(t)) ~ E[x(0) | x(t) = x]."""
+        alpha, _, sigma = self._levels(x, t)
+        return self._denoise(x, alpha, sigma, y)
+
+    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
+        alpha, std, sigma = self._levels(x, t)
+        D = self._denoise(x, alpha, sigma, y)
+        return (broadcast_to(alpha.to(x.dtype), x) * D - x) / broadcast_to((std**2).to(x.dtype), x)
+
+    def config(self) -> dict:
+        cfg = super().config()
+        cfg.update(parameterization="edm", sigma_data=self.sigma_data)
+        return cfg
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "EDMModel":
+        """Rebuild (fresh weights) from `config()`'s output."""
+        net, sde = cls.parts_from_config(cfg)
+        return cls(net, sde, sigma_data=cfg.get("sigma_data", 0.5))
+
+    def extra_repr(self) -> str:
+        return f"sde={self.sde!r}, parameterization='edm', sigma_data={self.sigma_data}"
+
+
+def model_from_config(cfg: dict) -> ScoreModel:
+    """A ScoreModel or EDMModel from its `config()`, by its "parameterization" ("score" or "edm")."""
+    kind = cfg.get("parameterization", "score")
+    if kind not in ("score", "edm"):
+        raise ValueError(f"unknown parameterization {kind!r}; choose 'score' (ScoreModel) or 'edm' (EDMModel)")
+    return EDMModel.from_config(cfg) if kind == "edm" else ScoreModel.from_config(cfg)
+
+
+class EDMLoss(Loss):
+    """EDM's objective (module docstring) for any linear process, with log-normal noise levels.
+
+    log sigma ~ N(p_mean, p_std^2), clipped to [sigma(eps), sigma(T)], the levels a sampler visits
+    (for VP with the defaults about 0.3% of draws fall below sigma(eps) = 0.0105); the model is called
+    at t = t_from_sigma(sigma). `model` is an EDMModel (its `denoise` is used directly) or any score
+    model(x, t[, y]), whose denoiser is x_hat + alpha sigma^2 s.
+    """
+
+    name = "edm"
+
+    def __init__(self, sde: SDE, sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2,
+                 eps: float | None = None):
+        if not isinstance(sde, SDE):
+            raise ValueError(f"sde must be an scoregen.sde.SDE, got {type(sde).__name__}")
+        eps = sde.eps if eps is None else float(eps)
+        if not 0 < eps < sde.T:
+            raise ValueError(f"eps must lie in (0, T={sde.T}), got eps={eps}")
+        if not (isinstance(p_std, (int, float)) and p_std > 0):
+            raise ValueError(f"p_std must be a positive number, got {p_std!r}")
+        self.sde, self.sigma_data, self.p_mean, self.p_std = sde, _check_sigma_data(sigma_data), float(p_mean), float(p_std)
+        lo, hi = (float(sde.sigma(torch.tensor(v, dtype=torch.float64))) for v in (eps, sde.T))
+        self.log_sigma_range = (math.log(lo), math.log(hi))
+
+    def draw(self, x0, generator=None):
+        n = torch.randn(x0.shape[0], generator=generator, dtype=torch.float64,
+                        device=generator.device if generator is not None else x0.device).cpu()
+        sigma = torch.exp(torch.clamp(self.p_mean + self.p_std * n, *self.log_sigma_range))
+        t = t_from_sigma(self.sde, sigma)
+        return {"t": t.to(device=x0.device, dtype=x0.dtype), "sigma": sigma.to(device=x0.device, dtype=x0.dtype),
+                "z": _randn(x0.shape, x0, generator)}
+
+    def per_example(self, model, x0, draws, y=None):
+        t, sigma = draws["t"], draws["sigma"]
+        alpha = broadcast_to(self.sde.alpha(t.to(torch.float64)).to(x0.dtype), x0)
+        sig = broadcast_to(sigma, x0)
+        x = alpha * (x0 + sig * draws["z"])
+        if hasattr(model, "denoise"):
+            D = model.denoise(x, t, y) if y is not None else model.denoise(x, t)
+        else:
+            s = model(x, t) if y is None else model(x, t, y)
+            D = x / alpha + alpha * sig**2 * s.to(x0.dtype)
+        weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
+        return 0.5 * weight * _sqnorm(D - x0)
