@@ -27,7 +27,7 @@ __all__ = [
     "SampleResult", "SamplerNotApplicable", "SAMPLERS", "sample", "time_grid",
     "langevin", "annealed_langevin", "euler_maruyama", "reverse_diffusion", "ancestral",
     "predictor_corrector", "probability_flow", "ald_step_size", "sampler_names",
-    "ddim", "dpm_solver_2m", "dpm_solver_2s", "dpm_solver_3m", "edm_heun",
+    "ddim", "dpm_solver_2m", "dpm_solver_2s", "dpm_solver_3m", "edm_heun", "steps_for_nfe",
 ]
 
 
@@ -553,6 +553,36 @@ def edm_heun(score_fn, sde: SDE, x, *, steps: int = 10, schedule="uniform_t", fi
             xh = xh + (sig_n - sig) * 0.5 * (d + d2)
         run.keep(float(grid.alpha[i + 1]) * xh, grid.t[i + 1])
     return _fast_result(run, float(grid.alpha[-1]) * xh, grid, denoise)
+
+
+_ONE_PER_STEP = {"ddim", "dpmpp2m", "dpmpp3m", "euler_maruyama", "reverse_diffusion", "ancestral", "ode_euler"}
+
+
+def steps_for_nfe(name: str, nfe: int, **options) -> int:
+    """The largest step count K whose evaluations fit in `nfe`, for the samplers with a fixed cost per
+    step: K for DDIM, DPM-Solver++ 2M/3M, Euler(-Maruyama), reverse diffusion and ancestral;
+    floor(nfe / 2) for DPM-Solver++ 2S and the ODE's Heun; floor((nfe + 1) / 2) for EDM's Heun
+    (2K - 1 evaluations; nfe / 2 with final_euler=False); floor(nfe / (1 + corrector_steps)) for PC.
+    Adaptive or level-based samplers ('ode', Langevin) have no such count: ValueError."""
+    fn = get_sampler(name)
+    key = next(k for k, v in SAMPLERS.items() if v is fn)
+    if isinstance(nfe, bool) or int(nfe) != nfe or nfe < 1:
+        raise ValueError(f"nfe must be a positive integer, got {nfe!r}")
+    nfe = int(nfe)
+    if key in _ONE_PER_STEP:
+        k = nfe
+    elif key in ("dpmpp2s", "ode_heun"):
+        k = nfe // 2
+    elif key == "heun":
+        k = (nfe + 1) // 2 if options.get("final_euler", True) else nfe // 2
+    elif key == "pc":
+        k = nfe // (1 + (options.get("corrector_steps", 1) if options.get("corrector", "langevin") != "none" else 0))
+    else:
+        raise ValueError(f"sampler {name!r} has no fixed number of evaluations per step; "
+                         f"budgeted samplers: {sorted(_ONE_PER_STEP | {'dpmpp2s', 'ode_heun', 'heun', 'pc'})}")
+    if k < 1:
+        raise ValueError(f"nfe={nfe} is below one step of {name!r}")
+    return k
 
 
 # --- registry -----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import torch
 from scoregen import ode
 from scoregen.distributions import GaussianMixture, seed_mixture
 from scoregen.samplers import (SAMPLERS, SampleResult, ddim, dpm_solver_2m, dpm_solver_2s, dpm_solver_3m, edm_heun,
-                               get_sampler, sample)
+                               get_sampler, sample, steps_for_nfe)
 from scoregen.schedules import EDMSchedule, make_schedule
 from scoregen.sde import SubVPSDE, VESDE, VPSDE
 
@@ -249,3 +249,21 @@ def test_images_trajectories_and_dtype(name):
 def test_bad_options_name_the_problem(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpm++2m", "dpm++3m", "dpm++2s", "heun", "ode_euler", "ode_heun",
+                                  "euler_maruyama", "reverse_diffusion", "ancestral", "pc"])
+@pytest.mark.parametrize("budget", [7, 20])
+def test_steps_for_nfe_is_the_largest_count_within_the_budget(name, budget):
+    sde = VPSDE()
+    nfe = lambda k: get_sampler(name)(MIX.score_fn(sde), sde, prior_points(sde, n=2), steps=k,  # noqa: E731
+                                      generator=torch.Generator().manual_seed(0)).nfe
+    k = steps_for_nfe(name, budget)
+    assert nfe(k) <= budget < nfe(k + 1)
+
+
+def test_steps_for_nfe_refuses_adaptive_samplers_and_tiny_budgets():
+    with pytest.raises(ValueError, match="no fixed number of evaluations per step"):
+        steps_for_nfe("ode", 50)
+    with pytest.raises(ValueError, match="below one step"):
+        steps_for_nfe("dpm++2s", 1)
