@@ -85,7 +85,8 @@ def quality_table(score_fn, sde, ref_sampler, labels, budgets, n, repeats, floor
             for r in range(repeats):
                 x, nfe = run_sampler(label, score_fn, sde, n, budget, seed=1000 * r + budget, options=options)
                 eds.append(metrics.energy_distance(x, ref_sampler(n, 7919 * r + budget)))
-            row = {"nfe": nfe, "energy_distance": float(np.mean(eds)), "std": float(np.std(eds, ddof=1)) if repeats > 1 else 0.0,
+            row = {"nfe": nfe, "energy_distance": float(np.mean(eds)),
+                   "std": float(np.std(eds, ddof=1)) if repeats > 1 else 0.0,
                    "seconds": (time.perf_counter() - t0) / repeats}
             rows.append(row)
             if label not in reached and row["energy_distance"] <= threshold:
@@ -137,11 +138,14 @@ def trained_benchmark(args):
     floor = {"mean": float(np.mean([results[r]["floor"]["mean"] for r in results])),
              "std": float(np.mean([results[r]["floor"]["std"] for r in results])) / math.sqrt(args.repeats)}
     summary = summarize(table, floor)
-    print(f"\nmean over {args.repeats} repeats; floor {floor['mean']:.4f} (+2 std of the mean: {summary['floor_threshold']:.4f})")
+    print(f"\nmean over {args.repeats} repeats; floor {floor['mean']:.4f} "
+          f"(+2 std of the mean: {summary['floor_threshold']:.4f})")
+    best = summary["best_at_largest_budget"]["value"]
     for s, rows in table.items():
+        mark = summary["samplers"][s]
         print(f"  {s:18s} " + " ".join(f"{row['nfe']:>4d}:{row['value']:.4f}" for row in rows)
-              + f"   within 10% of best {summary['best_at_largest_budget']['value']:.4f} at NFE "
-              f"{summary['samplers'][s]['nfe_within_10pct_of_best']}, floor at NFE {summary['samplers'][s]['nfe_at_floor']}")
+              + f"   within 10% of best {best:.4f} at NFE {mark['nfe_within_10pct_of_best']}, "
+              f"floor at NFE {mark['nfe_at_floor']}")
     return {"run": str(run), "floor": floor, "table": table, "summary": summary}
 
 
@@ -152,16 +156,19 @@ def main(argv=None):
     p.add_argument("--budgets", nargs="+", type=int, default=BUDGETS, help="NFE budgets")
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--schedule", default=None, help="override every fast sampler's schedule (uniform_t, log_std, log_snr, edm)")
+    p.add_argument("--schedule", default=None,
+                   help="override every fast sampler's schedule (uniform_t, log_std, log_snr, edm)")
     p.add_argument("--run", default=None, help="a training run directory: benchmark its model instead "
                    "(trained first with the 'points' preset if it holds no checkpoint)")
     p.add_argument("--train-overrides", nargs="*", default=[], help="config overrides for that training, key=value")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    print("command: python benchmarks/samplers.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])))
+    given = argv if argv is not None else sys.argv[1:]
+    print("command: python benchmarks/samplers.py " + " ".join(shlex.quote(a) for a in given))
     if args.schedule:
-        args.samplers = [s for s in args.samplers if s in ("ddim", "ddim_eta1", "dpmpp2m", "dpmpp3m", "dpmpp2s", "heun", "heun_churn")]
+        fast = ("ddim", "ddim_eta1", "dpmpp2m", "dpmpp3m", "dpmpp2s", "heun", "heun_churn")
+        args.samplers = [s for s in args.samplers if s in fast]
     results = trained_benchmark(args) if args.run else exact_mixture_benchmark(args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -132,7 +132,8 @@ class EDMLoss(Loss):
             raise ValueError(f"eps must lie in (0, T={sde.T}), got eps={eps}")
         if not (isinstance(p_std, (int, float)) and p_std > 0):
             raise ValueError(f"p_std must be a positive number, got {p_std!r}")
-        self.sde, self.sigma_data, self.p_mean, self.p_std = sde, _check_sigma_data(sigma_data), float(p_mean), float(p_std)
+        self.sde, self.sigma_data = sde, _check_sigma_data(sigma_data)
+        self.p_mean, self.p_std = float(p_mean), float(p_std)
         lo, hi = (float(sde.sigma(torch.tensor(v, dtype=torch.float64))) for v in (eps, sde.T))
         self.log_sigma_range = (math.log(lo), math.log(hi))
 

@@ -510,8 +510,8 @@ def dpm_solver_2s(score_fn, sde: SDE, x, *, steps: int = 10, schedule=DPM_SCHEDU
     return _fast_result(run, x, grid, denoise)
 
 
-def edm_heun(score_fn, sde: SDE, x, *, steps: int = 10, schedule="uniform_t", final_euler: bool = True, churn: float = 0.0,
-             churn_range: tuple = (0.0, math.inf), s_noise: float = 1.0, eps: float | None = None,
+def edm_heun(score_fn, sde: SDE, x, *, steps: int = 10, schedule="uniform_t", final_euler: bool = True,
+             churn: float = 0.0, churn_range: tuple = (0.0, math.inf), s_noise: float = 1.0, eps: float | None = None,
              denoise: bool = False, generator=None, return_trajectory=False, progress=False) -> SampleResult:
     """EDM's sampler (Karras, Aittala, Aila, Laine 2022, Algorithm 2): Heun's second-order method on
     d x_hat / d sigma = eps_hat, with optional churn. EDM steps through its rho = 7 schedule

@@ -37,8 +37,8 @@ import torch
 
 from .sde import SDE, SubVPSDE, VESDE, VPSDE
 
-__all__ = ["t_from_sigma", "t_from_log_snr", "NoiseGrid", "Schedule", "SigmaSchedule", "UniformTime", "LogStd", "LogSNR",
-           "EDMSchedule", "SCHEDULES", "make_schedule"]
+__all__ = ["t_from_sigma", "t_from_log_snr", "NoiseGrid", "Schedule", "SigmaSchedule", "UniformTime", "LogStd",
+           "LogSNR", "EDMSchedule", "SCHEDULES", "make_schedule"]
 
 
 def _f64(v) -> torch.Tensor:
@@ -250,7 +250,8 @@ def make_schedule(schedule="edm", **options) -> Schedule:
     sigma_floor for 'log_snr' and 'edm'), or the object itself."""
     if isinstance(schedule, Schedule):
         if options:
-            raise ValueError(f"options {sorted(options)} given with a Schedule object {schedule!r}; pass a name instead")
+            raise ValueError(f"options {sorted(options)} given with a Schedule object {schedule!r}; "
+                             "pass a name instead")
         return schedule
     key = str(schedule).lower().replace("-", "_")
     key = _ALIASES.get(key, key)

@@ -130,7 +130,8 @@ POINT = GaussianMixture.gaussian(MU, 1e-14 * torch.eye(2, dtype=torch.float64))
 
 def point_flow(sde, x, t_from, t_to):
     """x(t) = alpha_t mu + std_t (x(s) - alpha_s mu) / std_s: the flow of a point mass."""
-    a0, s0, a1, s1 = (float(f(torch.tensor(v, dtype=torch.float64))) for v in (t_from, t_to) for f in (sde.alpha, sde.std))
+    t0, t1 = torch.tensor(t_from, dtype=torch.float64), torch.tensor(t_to, dtype=torch.float64)
+    a0, s0, a1, s1 = (float(v) for v in (sde.alpha(t0), sde.std(t0), sde.alpha(t1), sde.std(t1)))
     return a1 * MU + s1 * (x - a0 * MU) / s0
 
 

@@ -174,8 +174,8 @@ def run(args) -> int:
     if kind == "points":
         metric, evaluate, floor = point_evaluator(data, n, args.seed)
     else:
-        metric, evaluate, floor = image_evaluator(data, run_dir, args.data_dir or (cfg.get("data") or {}).get("data_dir"),
-                                                  args.seed)
+        data_dir = args.data_dir or (cfg.get("data") or {}).get("data_dir")
+        metric, evaluate, floor = image_evaluator(data, run_dir, data_dir, args.seed)
     print(f"scoregen compare {run_dir}: {metric} of n={n} samples of {data!r} against NFE")
     table = measure(run_dir, args.samplers, budgets, n, evaluate, seed=args.seed, batch_size=args.batch_size,
                     device=_device(args.device))
@@ -189,6 +189,7 @@ def run(args) -> int:
     print(f"best at NFE {best['nfe']}: {best['sampler']} {metric}={best['value']:.4g}"
           + (f"; floor {floor['mean']:.4g} +- {floor['std']:.2g}" if floor else ""))
     for s, v in result["summary"]["samplers"].items():
-        print(f"  {s:18s} within 10% of best at NFE {v['nfe_within_10pct_of_best']}, at the floor at NFE {v['nfe_at_floor']}")
+        print(f"  {s:18s} within 10% of best at NFE {v['nfe_within_10pct_of_best']}, "
+              f"at the floor at NFE {v['nfe_at_floor']}")
     print(f"wrote {out / 'compare.json'} and {out / 'compare.png'}")
     return 0
