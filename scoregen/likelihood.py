@@ -15,7 +15,7 @@ integral *added* (both wrong in the seed's code: KNOWN_BUGS 000 #5). Every forwa
 is linear, f(x, t) = c(t) x, so div f~ = D c(t) - 1/2 g(t)^2 div s, and only div s needs autograd:
 
     exact        div s = sum_i e_i^T (ds/dx) e_i, one vector-Jacobian product per dimension
-                 (batched through `is_grads_batched`);
+                 (for D > 8 on x replicated along the batch, one copy per dimension);
     hutchinson   div s ~ v^T (ds/dx) v with E[v v^T] = I (Skilling 1989; Hutchinson 1990), one
                  vector-Jacobian product per probe and evaluation. The probe v is drawn once and
                  held fixed along the whole solve, so the integral is an unbiased estimate of the
@@ -52,7 +52,7 @@ from .sde import SDE, broadcast_to
 
 __all__ = [
     "LikelihoodResult", "BPDResult", "log_likelihood", "bits_per_dim", "dequantize", "bpd_offset",
-    "nll_to_bpd", "DIVERGENCES", "PROBES", "SOLVERS", "EXACT_MAX_DIM",
+    "nll_to_bpd", "time_grid", "DIVERGENCES", "PROBES", "SOLVERS", "EXACT_MAX_DIM",
 ]
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -60,10 +60,10 @@ PROBES = ("rademacher", "gaussian")
 SOLVERS = ("rk45", "heun", "scipy_rk45")
 #: with divergence="auto", exact divergence up to this many dimensions, Hutchinson above.
 EXACT_MAX_DIM = 64
-# largest number of vector-Jacobian products batched into one backward pass (exact divergence)
-_VJP_ELEMENTS = 1 << 22
-# up to this many probes a loop of plain backward passes beats a vmapped one (measured on CPU)
+# up to this many probes per evaluation: one forward pass and a loop of backward passes
 _LOOP_MAX_PROBES = 8
+# beyond: x replicated once per probe, at most this many elements (copies x N x D) per pass
+_REPLICA_ELEMENTS = 1 << 18
 
 
 @dataclass
@@ -142,59 +142,80 @@ def _draw(shape, kind: str, generator, like: torch.Tensor) -> torch.Tensor:
     return v.to(like.device)
 
 
-def _vjp_quadratic(s, x, probes) -> torch.Tensor:
-    """v_k^T (ds/dx) v_k for each probe v_k of `probes` (K, N, ...): returns (K, N).
+def _score_with_graph(score_fn, x, t):
+    """(x as a leaf that requires grad, s(x, t)) with the checks that make a bad score_fn readable."""
+    x = x.detach().requires_grad_(True)
+    s = score_fn(x, t)
+    if not isinstance(s, torch.Tensor) or s.shape != x.shape:
+        got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+        raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}, got {got}")
+    if not s.requires_grad:
+        raise ValueError("score_fn's output does not depend on x through autograd (does it detach x, convert to "
+                         "numpy or run under torch.no_grad?); the likelihood differentiates the score, so score_fn "
+                         "must be differentiable in x")
+    return x, s
 
-    Examples are independent (s_n depends on x_n only), so one backward pass of sum_n v_n . s_n
-    gives every example's v_n^T ds_n/dx_n at once; K probes go through one batched backward.
+
+def _basis(idx, n, d, like):
+    """Basis vectors e_i, i in idx, for every example: shape (len(idx), N, D)."""
+    e = torch.zeros(len(idx), n, d, dtype=like.dtype, device=like.device)
+    e[torch.arange(len(idx), device=like.device), :, idx] = 1.0
+    return e
+
+
+def _score_and_quadratics(score_fn, x, t, probes):
+    """s(x, t) and v_k^T (ds/dx) v_k for each probe v_k, shape (K, N); probes None = all D basis vectors.
+
+    Examples are independent (s_n depends on x_n only), so one backward pass of sum_n v_n . s_n gives
+    every example's v_n^T (ds_n/dx_n) v_n at once. Up to _LOOP_MAX_PROBES probes: one forward pass and
+    one backward pass per probe. Beyond: x is replicated K times along the batch (in chunks) and each
+    copy gets its own probe, one forward and one backward pass on the big batch, which for
+    convolutional nets runs several times faster than a vmapped backward (`is_grads_batched`).
     """
-    g = None
-    if probes.shape[0] > _LOOP_MAX_PROBES:
-        try:
-            g = torch.autograd.grad(s, x, probes, retain_graph=True, is_grads_batched=True)[0]
-        except RuntimeError:  # an operation without a batching rule: one backward pass per probe
-            pass
-    if g is None:
-        g = torch.stack([torch.autograd.grad(s, x, p, retain_graph=True)[0] for p in probes])
-    return (g * probes).flatten(2).sum(-1)
-
-
-def _exact_div(s, x) -> torch.Tensor:
-    """tr(ds/dx) per example, shape (N,): the D basis vectors e_i, in chunks, as probes."""
     n, d = x.shape[0], x[0].numel()
-    chunk = max(1, min(d, _VJP_ELEMENTS // max(1, n * d)))
-    total = torch.zeros(n, dtype=x.dtype, device=x.device)
-    for start in range(0, d, chunk):
-        idx = torch.arange(start, min(d, start + chunk), device=x.device)
-        basis = torch.zeros(len(idx), n, d, dtype=x.dtype, device=x.device)
-        basis[torch.arange(len(idx), device=x.device), :, idx] = 1.0
-        total = total + _vjp_quadratic(s, x, basis.reshape(len(idx), *x.shape)).sum(0)
-    return total
+    k = d if probes is None else probes.shape[0]
+
+    def chunk_probes(lo, hi):
+        if probes is None:
+            return _basis(torch.arange(lo, hi, device=x.device), n, d, x).reshape(hi - lo, *x.shape)
+        return probes[lo:hi]
+
+    if k <= _LOOP_MAX_PROBES:
+        xg, s = _score_with_graph(score_fn, x, t)
+        quads = []
+        for p in chunk_probes(0, k):
+            (g,) = torch.autograd.grad(s, xg, p, retain_graph=True)
+            quads.append((g * p).reshape(n, d).sum(1))
+        return s, torch.stack(quads)
+    size = max(1, min(k, _REPLICA_ELEMENTS // (n * d)))
+    s, quads = None, []
+    for lo in range(0, k, size):
+        hi = min(k, lo + size)
+        p = chunk_probes(lo, hi).reshape((hi - lo) * n, *x.shape[1:])
+        xr, sr = _score_with_graph(score_fn, x.repeat((hi - lo,) + (1,) * (x.dim() - 1)), t.repeat(hi - lo))
+        (g,) = torch.autograd.grad(sr, xr, p)
+        quads.append((g * p).reshape(hi - lo, n, d).sum(2))
+        s = sr[:n].detach() if s is None else s
+    return s, torch.cat(quads)
 
 
 def _joint_drift(score_fn, sde: SDE, shape, probes):
     """The right-hand side of the joint ODE on the state [x flattened, K divergence integrals].
 
-    d x/dt = f(x, t) - 1/2 g^2 s(x, t);   d delta_k/dt = D c(t) - 1/2 g^2 (div s)_k.
+    d x/dt = f(x, t) - 1/2 g^2 s(x, t);   d delta_k/dt = D c(t) - 1/2 g^2 (div s)_k,
+    with div s exact (probes None: the sum over the D basis vectors) or one estimate per probe.
     """
     n, d = shape[0], math.prod(shape[1:])
 
     def fn(state, t):
+        x = state[:, :d].reshape(shape)
         with torch.enable_grad():  # the seed asked for gradients under no_grad (KNOWN_BUGS 000 #5)
-            x = state[:, :d].detach().reshape(shape).requires_grad_(True)
-            s = score_fn(x, t)
-            if not isinstance(s, torch.Tensor) or s.shape != x.shape:
-                got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
-                raise ValueError(f"score_fn must return a tensor shaped like x {tuple(shape)}, got {got}")
-            if not s.requires_grad:
-                raise ValueError("score_fn's output does not depend on x through autograd (does it detach x, "
-                                 "convert to numpy or run under torch.no_grad?); the likelihood differentiates "
-                                 "the score, so score_fn must be differentiable in x")
-            div_s = _exact_div(s, x)[:, None] if probes is None else _vjp_quadratic(s, x, probes).T
-        x, s = x.detach(), s.detach()
+            s, quad = _score_and_quadratics(score_fn, x, t, probes)
+        s, quad = s.detach(), quad.detach()
+        div_s = quad.sum(0)[:, None] if probes is None else quad.T
         dx = sde.reverse_drift(x, t, s, probability_flow=True).reshape(n, d)
         g2 = sde.diffusion(t) ** 2
-        ddelta = d * sde.drift_coef(t)[:, None] - 0.5 * g2[:, None] * div_s.detach()
+        ddelta = d * sde.drift_coef(t)[:, None] - 0.5 * g2[:, None] * div_s
         return torch.cat([dx, ddelta.to(dx.dtype)], dim=1)
 
     return fn
@@ -218,14 +239,37 @@ def _scipy_rk45(fn, state, t0, t1, rtol, atol):
     return ode.ODEResult(out, int(sol.nfev), n_steps=len(sol.t) - 1)
 
 
-def _solve(fn, state, t0, t1, solver, steps, rtol, atol, progress):
+def time_grid(sde: SDE, t0: float, t1: float, steps: int, grid: str = "log_snr") -> torch.Tensor:
+    """steps + 1 times from t0 to t1, uniform in t or in the log signal-to-noise ratio
+    lambda(t) = log(alpha^2 / std^2) (found by bisection, lambda being decreasing).
+
+    Near t = 0 the marginal std of every process here grows like sqrt(t), so a grid uniform in t
+    spends one step where std grows by orders of magnitude; uniform in lambda it grows by the same
+    factor at every step (for VE, a geometric grid in std).
+    """
+    if int(steps) < 1:
+        raise ValueError(f"steps must be a positive integer for the Heun solver, got {steps}")
+    if grid == "uniform":
+        return torch.linspace(t0, t1, int(steps) + 1, dtype=torch.float64)
+    if grid != "log_snr":
+        raise ValueError(f"unknown time grid {grid!r}; choose 'log_snr' or 'uniform'")
+    ends = sde.log_snr(torch.tensor([t0, t1], dtype=torch.float64))
+    target = torch.linspace(float(ends[0]), float(ends[1]), int(steps) + 1, dtype=torch.float64)
+    lo, hi = torch.full_like(target, t0), torch.full_like(target, t1)
+    for _ in range(64):
+        mid = 0.5 * (lo + hi)
+        above = sde.log_snr(mid) > target  # lambda decreases: the root lies later
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    ts = 0.5 * (lo + hi)
+    ts[0], ts[-1] = t0, t1
+    return ts
+
+
+def _solve(fn, state, sde, t0, t1, solver, steps, grid, rtol, atol, progress):
     if solver == "rk45":
         return ode.dopri5(fn, state, t0, t1, rtol=rtol, atol=atol, progress=progress)
     if solver == "heun":
-        if int(steps) < 1:
-            raise ValueError(f"steps must be a positive integer for the Heun solver, got {steps}")
-        ts = torch.linspace(t0, t1, int(steps) + 1, dtype=torch.float64)
-        return ode.fixed_step(fn, state, ts, "heun", progress=progress)
+        return ode.fixed_step(fn, state, time_grid(sde, t0, t1, steps, grid), "heun", progress=progress)
     return _scipy_rk45(fn, state, t0, t1, rtol, atol)
 
 
@@ -239,7 +283,8 @@ def _progress_bar(progress):
 
 # --- public API --------------------------------------------------------------------------------
 def log_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, divergence: str = "auto", n_probes: int = 1,
-                   probe: str = "rademacher", solver: str = "rk45", steps: int = 100, rtol: float = 1e-5,
+                   probe: str = "rademacher", solver: str = "rk45", steps: int = 100, grid: str = "log_snr",
+                   rtol: float = 1e-5,
                    atol: float = 1e-5, eps: float | None = None, prior_logp=None, probes=None, generator=None,
                    progress: bool = False) -> LikelihoodResult:
     """log p_eps(x) per example, in nats, through the probability-flow ODE (module docstring).
@@ -252,7 +297,8 @@ def log_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, divergence: str = "au
         'auto' (exact for D <= EXACT_MAX_DIM). `probes` (K, N, ...) may be given instead of drawn
         (common random numbers when comparing models).
     solver: 'rk45' (torch Dormand–Prince 5(4), `rtol`/`atol`; the default: state on the device),
-        'scipy_rk45' (scipy's RK45 on the host) or 'heun' (`steps` uniform steps, 2 per step NFE).
+        'scipy_rk45' (scipy's RK45 on the host) or 'heun' (`steps` steps, 2 NFE each, on a `grid`
+        uniform in 'log_snr' (default) or in t ('uniform'): see `time_grid`).
     eps: the start time (default `sde.eps`): the score is singular at t = 0, so what is measured is
         p_eps, the data law after the forward process ran for eps.
     prior_logp: the log-density used at the end point x(T), default `sde.prior_logp`; pass the
@@ -278,7 +324,7 @@ def log_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, divergence: str = "au
     k = 1 if probes is None else probes.shape[0]
     state = torch.cat([x.detach().reshape(x.shape[0], d), x.new_zeros(x.shape[0], k)], dim=1)
     fn = _joint_drift(score_fn, sde, tuple(x.shape), probes)
-    res = _solve(fn, state, t0, t1, solver, steps, rtol, atol, _progress_bar(progress))
+    res = _solve(fn, state, sde, t0, t1, solver, steps, grid, rtol, atol, _progress_bar(progress))
     z = res.x[:, :d].reshape(x.shape)
     delta = res.x[:, d:]
     prior = (sde.prior_logp if prior_logp is None else prior_logp)(z).to(device=x.device, dtype=x.dtype)

@@ -15,7 +15,7 @@ import torch
 
 from scoregen.cli.likelihood import images_bpd, points_nll
 from scoregen.distributions import GaussianMixture, seed_mixture
-from scoregen.likelihood import bits_per_dim, bpd_offset, dequantize, log_likelihood, nll_to_bpd
+from scoregen.likelihood import bits_per_dim, bpd_offset, dequantize, log_likelihood, nll_to_bpd, time_grid
 from scoregen.sde import SubVPSDE, VESDE, VPSDE
 from scoregen.train import Normalizer
 
@@ -64,6 +64,25 @@ def test_exact_divergence_recovers_log_p_eps(sde_name, law):
     assert (res.logp - want).abs().max() < TOL_PER_DIM * gm.dim
     assert torch.allclose(res.logp, res.prior_logp + res.delta_logp)
     assert res.nfe > 10
+
+
+def test_exact_divergence_on_replicated_batches_in_higher_dimension():
+    """D = 12 > 8 basis vectors: the divergence runs on x replicated once per dimension."""
+    sde, gm = VPSDE(), random_gaussian(dim=12, seed=17)
+    x = gm.sample(3, generator=torch.Generator().manual_seed(18)).reshape(3, 3, 2, 2)  # image-shaped
+    res = log_likelihood(exact_score(gm, sde), sde, x, divergence="auto", prior_logp=exact_logp(gm, sde, sde.T))
+    assert res.logp_probes is None and res.z.shape == x.shape
+    assert (res.logp - exact_logp(gm, sde, sde.eps)(x)).abs().max() < TOL_PER_DIM * gm.dim
+
+
+@pytest.mark.parametrize("sde_name", sorted(SDES))
+def test_heun_grid_is_uniform_in_log_snr(sde_name):
+    sde = SDES[sde_name]()
+    ts = time_grid(sde, sde.eps, sde.T, 20)
+    assert ts[0] == sde.eps and ts[-1] == sde.T and (ts.diff() > 0).all()
+    lam = sde.log_snr(ts)
+    assert torch.allclose(lam.diff(), (lam[-1] - lam[0]) / 20 * torch.ones(20, dtype=torch.float64), rtol=1e-6)
+    assert torch.allclose(time_grid(sde, 0.1, 0.9, 4, "uniform"), torch.linspace(0.1, 0.9, 5, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("sde_name", sorted(SDES))
