@@ -41,6 +41,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--probe", choices=PROBES, default="rademacher", help="Hutchinson probe distribution")
     parser.add_argument("--solver", choices=SOLVERS, default="rk45", help="ODE solver (default: torch Dormand-Prince)")
     parser.add_argument("--steps", type=int, default=100, help="steps of the 'heun' solver")
+    parser.add_argument("--grid", choices=("log_snr", "uniform"), default="log_snr", help="time grid of 'heun'")
     parser.add_argument("--rtol", type=float, default=1e-5)
     parser.add_argument("--atol", type=float, default=1e-5)
     parser.add_argument("--eps", type=float, default=None, help="start time of the ODE (default: the SDE's eps)")
@@ -126,19 +127,17 @@ def _device(name: str) -> torch.device:
 
 
 def _value_range(arg, run_dir: Path):
+    """--value-range, else the run's config.yaml (data.value_range), else (0, 1)."""
     from ..images import parse_value_range
+    from ..recipe import load_run_config
 
     if arg is not None:
         return parse_value_range(arg)
-    cfg_file = run_dir / "config.yaml"
-    if cfg_file.exists():
-        import yaml
-
-        cfg = yaml.safe_load(cfg_file.read_text()) or {}
-        vr = (cfg.get("data") or {}).get("value_range")
-        if vr is not None:
-            return parse_value_range(vr)
-    return 0.0, 1.0
+    try:
+        vr = (load_run_config(run_dir).get("data") or {}).get("value_range")
+    except FileNotFoundError:  # a run made by train.train() directly has no config.yaml
+        vr = None
+    return parse_value_range(vr) if vr is not None else (0.0, 1.0)
 
 
 def _options(args) -> dict:
@@ -152,11 +151,12 @@ def _options(args) -> dict:
         raise ValueError(f"--hutchinson K needs K >= 1 probes, got {args.hutchinson}")
     divergence = "exact" if args.exact else ("hutchinson" if args.hutchinson else "auto")
     return {"divergence": divergence, "n_probes": args.hutchinson or 1, "probe": args.probe, "solver": args.solver,
-            "steps": args.steps, "rtol": args.rtol, "atol": args.atol, "eps": args.eps}
+            "steps": args.steps, "grid": args.grid, "rtol": args.rtol, "atol": args.atol, "eps": args.eps}
 
 
 def run(args) -> int:
-    from ..images import IMAGE_DATASETS, load_images
+    from ..images import load_images
+    from ..recipe import is_point_data
     from ..train import load_run
 
     run_dir = Path(args.run_dir)
@@ -170,7 +170,7 @@ def run(args) -> int:
     gen = torch.Generator(device).manual_seed(args.seed)
     progress = not args.no_progress
     key = str(args.data).lower().replace("_", "-")
-    is_image = key in IMAGE_DATASETS or key in ("fashion", "fmnist", "cifar-10")
+    is_image = not is_point_data(args.data)
     data_shape = list(meta["data_shape"][1:])
     t0 = time.perf_counter()
     if is_image:
