@@ -352,6 +352,8 @@ def probability_flow(score_fn, sde: SDE, x, *, steps: int | None = None, method:
 # NFE): DPM-Solver++ on log-SNR-uniform levels down to sigma = 0.01 then one step to sigma(eps);
 # DDIM and Heun on uniform t. EDM's rho = 7 schedule (schedule="edm") came out worse for all of them.
 DPM_SCHEDULE = LogSNR(sigma_floor=0.01)
+
+
 def _fast_grid(sde: SDE, steps: int, schedule, eps) -> NoiseGrid:
     return make_schedule(schedule).grid(sde, steps, eps)
 
