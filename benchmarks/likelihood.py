@@ -7,7 +7,7 @@ product) and with the exact one (784 products: a chunk is timed and scaled); and
 of dequantized MNIST test images with fixed-step Heun. The weights are a seeded random
 initialisation (no trained MNIST model exists here): the cost per evaluation is the real one, but
 the field of an untrained net is far rougher than a trained one's (rk45 needs ~1200 NFE on it), so
-adaptive solves on it say nothing about a trained model and are off by default (--unet-solvers).
+the NFE of the adaptive solvers here says nothing about a trained model: see [2] and [3].
 
 [2] NFE at a realistic stiffness, and a closed-form check at D = 784: the exact score of a Gaussian
 fitted to dequantized MNIST (covariance + I / (12 * 256^2), the dequantization noise), whose
@@ -18,8 +18,8 @@ at the same dequantized inputs.
 [3] The projection: NFE of [2] x cost per evaluation of [1], per image and for the 10,000 MNIST
 test images.
 
-    python benchmarks/likelihood.py --threads 2              # CPU, ~3 min on 2 busy cores
-    python benchmarks/likelihood.py --device cuda --images 256 --repeats 1 --unet-solvers heun rk45
+    python benchmarks/likelihood.py                          # CPU, one thread, ~2 min
+    python benchmarks/likelihood.py --device cuda --images 256 --repeats 1
     python benchmarks/likelihood.py --skip network --skip gaussian --mixture-run RUN_DIR   # [4] only
 
 [4] (optional, --mixture-run): a run trained on the seed mixture, e.g. with the 'points' preset,
@@ -148,7 +148,8 @@ def part_gaussian(args, device):
     nfe = {}
     for solver in args.solvers:
         res, sec = timed_bpd(score_fn, sde, test, device, repeats=args.repeats, dtype=dtype, solver=solver,
-                             steps=args.heun_steps, grid=args.grid, rtol=args.rtol, atol=args.atol, divergence="hutchinson",
+                             steps=args.heun_steps, grid=args.grid, rtol=args.rtol, atol=args.atol,
+                             divergence="hutchinson",
                              prior_logp=prior_exact)
         x = res.x.reshape(-1, 784).cpu()
         tt = torch.full((len(x),), sde.eps, dtype=torch.float64)
@@ -192,8 +193,8 @@ def main(argv=None):
     p.add_argument("--images", type=int, default=4, help="MNIST test images for the network part")
     p.add_argument("--repeats", type=int, default=2, help="dequantization repeats per image (for the SE)")
     p.add_argument("--solvers", nargs="+", default=["rk45", "scipy_rk45", "heun"], help="solvers of part [2]")
-    p.add_argument("--unet-solvers", nargs="+", default=["heun"],
-                   help="solvers run end to end on the untrained U-Net (rk45 there takes ~1200 NFE: slow on a CPU)")
+    p.add_argument("--unet-solvers", nargs="+", default=["rk45", "scipy_rk45", "heun"],
+                   help="solvers run end to end on the untrained U-Net")
     p.add_argument("--heun-steps", type=int, default=50)
     p.add_argument("--grid", default="log_snr", help="Heun time grid: log_snr or uniform")
     p.add_argument("--rtol", type=float, default=1e-5)
@@ -206,14 +207,17 @@ def main(argv=None):
                    help="also [4]: NLL of a run trained on the seed mixture (e.g. the 'points' preset) vs the entropy")
     p.add_argument("--mixture-n", type=int, default=2000)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (0: torch's default; on a shared CPU one thread is steadier and faster)")
     args = p.parse_args(argv)
     args.gauss_images_range = range(args.gauss_images)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print("command: python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv)))
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
+    words = [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv)
+    print("command: python " + " ".join(shlex.quote(a) for a in words))
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"CPU, {torch.get_num_threads()} torch threads")
     print(f"device: {name}; torch {torch.__version__}; rtol = {args.rtol}, atol = {args.atol}")
     t0 = time.perf_counter()
     cost_h = cost_e = None

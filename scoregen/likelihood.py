@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from . import ode
-from .sde import SDE, broadcast_to
+from .sde import SDE
 
 __all__ = [
     "LikelihoodResult", "BPDResult", "log_likelihood", "bits_per_dim", "dequantize", "bpd_offset",
@@ -349,7 +349,8 @@ def _value_range(value_range) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in value_range)
     except (TypeError, ValueError):
-        raise ValueError(f"value_range must be a pair (lo, hi) such as (0, 1) or (-1, 1), got {value_range!r}") from None
+        raise ValueError(f"value_range must be a pair (lo, hi) such as (0, 1) or (-1, 1), "
+                         f"got {value_range!r}") from None
     if not hi > lo:
         raise ValueError(f"value_range must have hi > lo, got {value_range!r}")
     return lo, hi
