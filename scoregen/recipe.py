@@ -1,0 +1,163 @@
+"""From a configuration (see `config`) to a trained run and its samples.
+
+    cfg = config.load_config("points", ["data.name=moons"])
+    trainer = train_run(cfg, "runs/moons")            # writes checkpoint.pt, config.yaml, metrics.jsonl
+    x = sample_run("runs/moons", n=1000).samples       # in data units
+
+A run folder holds `config.yaml` (the resolved configuration, the source of the run's defaults)
+beside the trainer's `checkpoint.pt` and `metrics.jsonl`. Data are points (N, D) when
+`data.name` is a point data set or a .npy/.csv file, images (N, C, H, W) otherwise.
+
+Defaults that need no hand-tuning on point data (Song & Ermon 2020, technique 1, in the
+standardized units the trainer works in): `sde.sigma_max: auto` is the largest pairwise
+distance of the standardized data, so the VE prior N(0, sigma_max^2 I) is close to p_T.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from . import config as C
+from .data import POINT_DATASETS, load_points, suggest_sigma_max
+from .models import ScoreModel
+from .nets import build_net
+from .samplers import SampleResult, get_sampler
+from .sde import make_sde
+from .train import Normalizer, TrainConfig, Trainer, load_run
+
+__all__ = ["is_point_data", "load_data", "build_sde", "build_model", "train_config", "train_run", "load_run_config",
+           "sample_run", "CONFIG_NAME"]
+
+CONFIG_NAME = "config.yaml"
+
+
+def is_point_data(name) -> bool:
+    name = os.fspath(name)
+    return name.strip().lower() in POINT_DATASETS or name.lower().endswith((".npy", ".csv"))
+
+
+def load_data(data_cfg: dict):
+    """(x, labels or None) for the `data` section: points (N, D) or images (N, C, H, W)."""
+    d = dict(data_cfg)
+    name = d.pop("name", None)
+    if name is None:
+        raise ValueError("the configuration names no data set: set data.name (e.g. --data seed)")
+    if is_point_data(name):
+        x = load_points(name, n=d.get("n"), seed=d.get("seed", 0) or 0)
+        return torch.from_numpy(x), None
+    from .images import load_images
+
+    keep = {k: v for k, v in d.items() if k not in ("n", "seed") and v is not None}
+    return load_images(name, **keep)
+
+
+def build_sde(sde_cfg: dict, data: torch.Tensor | None = None):
+    """The forward process; `sigma_max: auto` is resolved from (standardized) data."""
+    s = dict(sde_cfg)
+    name = s.pop("name", "ve")
+    if s.get("sigma_max") == "auto":
+        if data is None:
+            raise ValueError("sde.sigma_max=auto needs the data to measure")
+        s["sigma_max"] = round(float(suggest_sigma_max(data.reshape(data.shape[0], -1).numpy())), 4)
+    return make_sde(name, **s)
+
+
+def build_model(model_cfg: dict, sde, data_shape) -> ScoreModel:
+    """ScoreModel(net, sde) from the `model` section; `dim` of an MLP defaults to the data's."""
+    m = dict(model_cfg)
+    net_name = m.pop("net", "mlp")
+    wrap = {k: m.pop(k) for k in ("cond", "scale_by_std", "scale_input") if k in m}
+    if net_name == "mlp":
+        if len(data_shape) != 2:
+            raise ValueError(f"the mlp network is for points (N, D); the data have shape {tuple(data_shape)}: "
+                             "use an image network (model.net=unet or seed-unet)")
+        if m.get("dim") not in (None, data_shape[1]):
+            raise ValueError(f"model.dim={m['dim']} does not match the data dimension D={data_shape[1]}")
+        m["dim"] = int(data_shape[1])
+    return ScoreModel(build_net(net_name, **m), sde, **wrap)
+
+
+def train_config(cfg: dict, **changes) -> TrainConfig:
+    loss = dict(cfg.get("loss") or {})
+    name = loss.pop("name", "sde")
+    return TrainConfig(**{**cfg.get("train", {}), "loss": name, "loss_options": loss, **changes})
+
+
+def _write_config(run_dir: Path, cfg: dict):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / (CONFIG_NAME + ".tmp")
+    tmp.write_text(C.dump_config(cfg))
+    os.replace(tmp, run_dir / CONFIG_NAME)
+
+
+def load_run_config(run_dir) -> dict:
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a scoregen run folder "
+                                "(make one with `scoregen train --out RUN_DIR`)")
+    return yaml.safe_load(path.read_text())
+
+
+def train_run(cfg: dict, run_dir, *, resume: bool = True, callback=None, progress: bool = True) -> Trainer:
+    """Train the configured model on the configured data into `run_dir` (resuming if it holds a run)."""
+    run_dir = Path(run_dir)
+    if resume and (run_dir / CONFIG_NAME).exists():
+        saved = load_run_config(run_dir)
+        steps = cfg.get("train", {}).get("steps")
+        cfg = saved  # a resumed run keeps its own recipe; only the step target may grow
+        if steps is not None:
+            cfg["train"]["steps"] = steps
+    x, labels = load_data(cfg["data"])
+    tc = train_config(cfg, progress=progress)
+    normalizer = Normalizer.fit(x) if tc.normalize else Normalizer()
+    cfg = dict(cfg, sde=dict(cfg["sde"]))
+    sde = build_sde(cfg["sde"], normalizer(x))
+    cfg["sde"] = sde.config()  # record the resolved values (sigma_max: auto -> a number)
+    model = build_model(cfg["model"], sde, tuple(x.shape))
+    use_labels = labels if getattr(model.net, "n_classes", 0) else None
+    trainer = Trainer(model, x, tc, run_dir, labels=use_labels, normalizer=normalizer, callback=callback,
+                      resume=resume)
+    _write_config(run_dir, cfg)
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    return trainer
+
+
+def sample_run(run_dir, n: int | None = None, sampler: str | None = None, *, steps: int | None = None,
+               seed: int | None = None, batch_size: int | None = None, device="cpu", progress: bool = False,
+               return_trajectory: bool = False, **options) -> SampleResult:
+    """Samples in data units from a trained run, with the run's configured sampler by default."""
+    cfg = load_run_config(run_dir)
+    model, sde, normalizer, meta = load_run(run_dir, device=device)
+    sc = dict(cfg.get("sample") or {})
+    name = sampler or sc.pop("sampler", "pc")
+    fn = get_sampler(name)
+    if sampler is None:  # the run's own sampler options apply only to its own sampler
+        options = {**{k: v for k, v in sc.items() if k not in C.SAMPLE_KEYS}, **options}
+    n = int(n or sc.get("n", 1000))
+    batch = int(batch_size or sc.get("batch_size", n))
+    if steps is not None:
+        options["steps"] = int(steps)
+    g = torch.Generator(device=device).manual_seed(int(seed if seed is not None else sc.get("seed", 0)))
+    shape = tuple(meta["data_shape"][1:])
+    outs, nfe, trajs = [], 0, []
+    for start in range(0, n, batch):
+        b = min(batch, n - start)
+        x = sde.prior_sample((b,) + shape, generator=g, device=device)
+        with torch.no_grad():  # a guided score that needs gradients enables them itself
+            res = fn(model.score_fn(), sde, x, generator=g, progress=progress, return_trajectory=return_trajectory,
+                     **options)
+        outs.append(normalizer.inverse(res.samples).cpu())
+        nfe = res.nfe
+        if return_trajectory:
+            trajs.append(res.trajectory)
+    traj = None
+    if return_trajectory:
+        traj = normalizer.inverse(torch.cat(trajs, dim=1).reshape(-1, *shape)).reshape(len(trajs[0]), n, *shape)
+    return SampleResult(torch.cat(outs), nfe, traj, res.times if return_trajectory else None)
