@@ -117,6 +117,7 @@ def train_run(cfg: dict, run_dir, *, resume: bool = True, callback=None, progres
     cfg = dict(cfg, sde=dict(cfg["sde"]))
     sde = build_sde(cfg["sde"], normalizer(x))
     cfg["sde"] = sde.config()  # record the resolved values (sigma_max: auto -> a number)
+    torch.manual_seed(tc.seed)  # the net's initial weights and fixed Fourier features come from the global RNG
     model = build_model(cfg["model"], sde, tuple(x.shape))
     use_labels = labels if getattr(model.net, "n_classes", 0) else None
     trainer = Trainer(model, x, tc, run_dir, labels=use_labels, normalizer=normalizer, callback=callback,

@@ -15,11 +15,13 @@ from torch import nn
 
 from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
 from .mlp import ScoreMLP
+from .ncsn import NCSN
+from .unet import SeedUNet, UNet
 
-__all__ = ["NETS", "build_net", "register_net", "ScoreMLP", "SinusoidalEmbedding", "GaussianFourierEmbedding"]
+__all__ = ["NETS", "build_net", "register_net", "ScoreMLP", "UNet", "SeedUNet", "NCSN", "SinusoidalEmbedding", "GaussianFourierEmbedding"]
 
 #: name -> network class; each class takes plain-data keyword arguments only.
-NETS: dict[str, type[nn.Module]] = {"mlp": ScoreMLP}
+NETS: dict[str, type[nn.Module]] = {"mlp": ScoreMLP, "unet": UNet, "ncsn": NCSN, "seed-unet": SeedUNet}
 
 _PLAIN = (bool, int, float, str, type(None))
 
