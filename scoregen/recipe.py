@@ -132,10 +132,20 @@ def train_run(cfg: dict, run_dir, *, resume: bool = True, callback=None, progres
 
 def sample_run(run_dir, n: int | None = None, sampler: str | None = None, *, steps: int | None = None,
                seed: int | None = None, batch_size: int | None = None, device="cpu", progress: bool = False,
-               return_trajectory: bool = False, **options) -> SampleResult:
-    """Samples in data units from a trained run, with the run's configured sampler by default."""
+               return_trajectory: bool = False, label: int | None = None, guidance: float | None = None,
+               **options) -> SampleResult:
+    """Samples in data units from a trained run, with the run's configured sampler by default.
+
+    With `label`, the class-conditional score s(x, t, y); with `guidance` w as well, the
+    classifier-free guided score s(x, t) + w [s(x, t, y) - s(x, t)] (see `guidance`).
+    """
     cfg = load_run_config(run_dir)
     model, sde, normalizer, meta = load_run(run_dir, device=device)
+    score_fn = model.score_fn()
+    if label is not None or guidance is not None:
+        from .guidance import guided_score_fn
+
+        score_fn = guided_score_fn(model, label, guidance, train_config=meta["train_config"])
     sc = dict(cfg.get("sample") or {})
     name = sampler or sc.pop("sampler", "pc")
     fn = get_sampler(name)
@@ -152,7 +162,7 @@ def sample_run(run_dir, n: int | None = None, sampler: str | None = None, *, ste
         b = min(batch, n - start)
         x = sde.prior_sample((b,) + shape, generator=g, device=device)
         with torch.no_grad():  # a guided score that needs gradients enables them itself
-            res = fn(model.score_fn(), sde, x, generator=g, progress=progress, return_trajectory=return_trajectory,
+            res = fn(score_fn, sde, x, generator=g, progress=progress, return_trajectory=return_trajectory,
                      **options)
         outs.append(normalizer.inverse(res.samples).cpu())
         nfe = res.nfe

@@ -199,7 +199,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.loss = make_loss(cfg.loss, model.sde, **cfg.loss_options)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas, foreach=True,
                                           weight_decay=cfg.weight_decay)
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
         self.step, self.loss_history, self._pending = 0, [], []
