@@ -52,7 +52,13 @@ def load_data(data_cfg: dict):
     from .images import load_images
 
     keep = {k: v for k, v in d.items() if k not in ("n", "seed") and v is not None}
-    return load_images(name, **keep)
+    try:
+        return load_images(name, **keep)
+    except ValueError as e:
+        if "unknown image data set" not in str(e):
+            raise
+        raise ValueError(f"unknown data set {name!r}: not a point data set ({sorted(POINT_DATASETS)}, or a .npy/.csv "
+                         f"file of shape (N, D)) nor an image data set ({str(e).split('choose one of ')[-1]})") from None
 
 
 def build_sde(sde_cfg: dict, data: torch.Tensor | None = None):
