@@ -33,8 +33,13 @@ __all__ = ["guided_score_fn", "conditional_score_fn", "classifier_free_guidance"
 
 
 def model_classes(model) -> int:
-    """The number of classes of a ScoreModel's network (0 for an unconditional one)."""
-    return int(getattr(getattr(model, "net", None), "n_classes", 0) or 0)
+    """The number of classes of a ScoreModel's network (0 for an unconditional one): `net.n_classes`
+    (ScoreMLP) or the label table's (`net.label.n_classes`, the U-Nets)."""
+    net = getattr(model, "net", None)
+    n = getattr(net, "n_classes", None)
+    if n is None:
+        n = getattr(getattr(net, "label", None), "n_classes", 0)
+    return int(n or 0)
 
 
 def check_labels(y, n_classes: int, n: int | None = None, device=None) -> torch.Tensor:
@@ -136,16 +141,16 @@ def classifier_free_guidance(model, y, w: float):
     return fn
 
 
-def guided_score_fn(model, y=None, w: float = 1.0, *, train_config: dict | None = None):
+def guided_score_fn(model, y=None, w: float | None = 1.0, *, train_config: dict | None = None):
     """The score function a sampler needs for `scoregen sample RUN_DIR --label Y --guidance W`.
 
     model: a ScoreModel (e.g. from `train.load_run`); y: None (unconditional), an int or (N,) ints;
-    w: the classifier-free guidance weight (0 unconditional, 1 conditional, > 1 sharper);
+    w: the classifier-free guidance weight (0 unconditional, 1 or None conditional, > 1 sharper);
     train_config: the run's saved training options (`load_run(...)[3]["train_config"]`), used to
     refuse guidance (w != 1) on a network trained without label dropout. Labels out of range and
     labels for an unconditional model raise ValueError.
     """
-    w = _check_weight(w)
+    w = 1.0 if w is None else _check_weight(w)
     if y is None:
         if w != 1.0:
             raise ValueError(f"a guidance weight (w={w}) needs a label to guide toward; pass y")

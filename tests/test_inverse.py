@@ -130,11 +130,12 @@ def _gaussian_problem(v=2.0):
     return prior, A, y, sy, mixture_posterior(prior, A, y, sy)
 
 
+@pytest.mark.parametrize("jacobian", ["autograd", "isotropic"])
 @pytest.mark.parametrize("sde", [VPSDE(), VESDE(0.01, 10.0)], ids=["vp", "ve"])
-def test_pigdm_score_is_the_exact_posterior_score_for_an_isotropic_gaussian_prior(sde):
+def test_pigdm_score_is_the_exact_posterior_score_for_an_isotropic_gaussian_prior(sde, jacobian):
     """For x ~ N(m, v I), x(0) | x(t) is N(x0_hat, r_t^2 I) exactly, so PiGDM's score is grad log p_t(x | y)."""
     prior, A, y, sy, post = _gaussian_problem()
-    fn = pigdm_score(_gaussian_score(prior, sde), sde, O.MatrixOperator(A), y, sy, data_var=2.0)
+    fn = pigdm_score(_gaussian_score(prior, sde), sde, O.MatrixOperator(A), y, sy, data_var=2.0, jacobian=jacobian)
     g = torch.Generator().manual_seed(2)
     x = 2 * torch.randn(40, 4, generator=g, dtype=torch.float64)
     t = sde.eps + (1 - sde.eps) * torch.rand(40, generator=g, dtype=torch.float64)

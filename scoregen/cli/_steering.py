@@ -1,0 +1,193 @@
+"""What `scoregen inpaint`, `restore` and `edit` share: the run, the input, the panels and the outputs.
+
+Inputs (--input) are in the run's data units: a data set name (images: the --split, --n images from
+--start, with labels, so PSNR and classifier accuracy can be reported), a .npy/.npz array of
+examples (N, ...) or one example, or a PNG/JPEG image (0..255 mapped to the run's value range).
+Outputs go to --out (default RUN_DIR/<command>/): panel.png (one row per input: input |
+observation | samples | truth when known), outputs.npz (every array) and summary.json.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..images import IMAGE_DATASETS, parse_value_range, scale_images, unscale_images
+
+
+def add_common_arguments(p, command: str) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a training run folder (config.yaml + checkpoint.pt)")
+    p.add_argument("--input", required=True, metavar="NAME|FILE",
+                   help="a data set name (e.g. mnist: --n test images from --start), a .npy/.npz array or a PNG")
+    p.add_argument("--split", default="test", help="data set split (default test)")
+    p.add_argument("--n", type=int, default=8, help="number of data set examples (default 8)")
+    p.add_argument("--start", type=int, default=0, help="index of the first data set example")
+    p.add_argument("--samples", type=int, default=4, help="samples per input (default 4)")
+    p.add_argument("--steps", type=int, default=200, help="sampler steps (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="folder holding the data files")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, metavar="DIR", help=f"output folder (default RUN_DIR/{command})")
+
+
+class Run:
+    """A loaded run: model, sde, normalizer, config and the shape/units of its data."""
+
+    def __init__(self, run_dir, device="cpu"):
+        from ..recipe import is_point_data, load_run_config
+        from ..train import load_run
+
+        self.dir = Path(run_dir)
+        if not self.dir.exists():
+            raise FileNotFoundError(f"run folder {str(self.dir)!r} does not exist")
+        self.cfg = load_run_config(self.dir)
+        self.model, self.sde, self.normalizer, self.meta = load_run(self.dir, device=device)
+        self.shape = tuple(self.meta["data_shape"][1:])
+        self.points = is_point_data(self.cfg["data"]["name"])
+        self.value_range = parse_value_range(self.cfg["data"].get("value_range") or (0, 1))
+        self.device = device
+
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalizer(x.to(self.device))
+
+    def to_data(self, z: torch.Tensor) -> torch.Tensor:
+        return self.normalizer.inverse(z).cpu()
+
+    def check(self, x: torch.Tensor, what: str) -> torch.Tensor:
+        if tuple(x.shape[1:]) != self.shape:
+            raise ValueError(f"the {what} has examples of shape {tuple(x.shape[1:])}, but the run was trained on "
+                             f"shape {self.shape}")
+        return x
+
+
+def read_input(spec, run: Run, args):
+    """(x (N, ...) float32 in data units, labels (N,) or None, dataset name or None)."""
+    name = str(spec)
+    key = name.lower().replace("_", "-")
+    if key in IMAGE_DATASETS and not run.points:
+        from ..images import load_images
+
+        x, y = load_images(key, args.split, data_dir=args.data_dir, value_range=run.value_range,
+                           limit=args.start + args.n)
+        return run.check(x[args.start:], "input"), y[args.start:], key
+    path = Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"input {name!r} is neither a file nor an image data set name ({list(IMAGE_DATASETS)})")
+    x = read_array(path, run.value_range)
+    if tuple(x.shape) == run.shape:
+        x = x[None]
+    return run.check(x, "input"), None, None
+
+
+def read_array(path: Path, value_range=(0, 1)) -> torch.Tensor:
+    """A .npy/.npz array (the first array of an .npz) as float32, or a PNG/JPEG as (1, C, H, W)."""
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return torch.as_tensor(np.load(path)).float()
+    if suffix == ".npz":
+        with np.load(path) as f:
+            return torch.as_tensor(f[f.files[0]]).float()
+    if suffix in (".png", ".jpg", ".jpeg"):
+        from PIL import Image
+
+        with Image.open(path) as im:
+            a = np.asarray(im.convert("L") if im.mode in ("L", "LA", "I", "P", "1") else im.convert("RGB"),
+                           dtype=np.float32) / 255.0
+        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        return scale_images(torch.as_tensor(a)[None], value_range)
+    raise ValueError(f"cannot read {path}: give a .npy, .npz, .png or .jpg file")
+
+
+def to_unit(x: torch.Tensor, run: Run) -> torch.Tensor:
+    """Images in [0, 1] for pictures and metrics."""
+    return unscale_images(x.float(), run.value_range)
+
+
+def psnr(a01: torch.Tensor, b01: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [0, 1]: 10 log10(1 / MSE)."""
+    mse = (a01 - b01).pow(2).reshape(a01.shape[0], -1).mean(1).clamp_min(1e-12)
+    return 10 * torch.log10(1 / mse)
+
+
+def classifier_accuracy(samples01: torch.Tensor, labels: torch.Tensor, dataset: str) -> float | None:
+    """Accuracy of the project's classifier on (N, S, 1, 28, 28) completions against the N labels."""
+    from ..classifier import CLASSIFIER_DATASETS, classifier_predict, load_classifier
+
+    if dataset not in CLASSIFIER_DATASETS or tuple(samples01.shape[2:]) != (1, 28, 28):
+        return None
+    n, s = samples01.shape[:2]
+    pred = classifier_predict(load_classifier(dataset), samples01.reshape(n * s, 1, 28, 28)).reshape(n, s)
+    return float((pred == labels[:, None]).double().mean())
+
+
+def image_panel(rows: list[list[torch.Tensor]], path) -> Path:
+    """One row of [0, 1] images (C, H, W) per input; images of another size are resized (nearest)."""
+    from ..plots import image_grid
+
+    c, h, w = rows[0][0].shape
+    ncol = max(len(r) for r in rows)
+    cells = []
+    for r in rows:
+        for j in range(ncol):
+            im = r[j] if j < len(r) else torch.ones(c, h, w)
+            if tuple(im.shape[-2:]) != (h, w):
+                im = torch.nn.functional.interpolate(im[None], size=(h, w), mode="nearest")[0]
+            cells.append(im.expand(c, h, w))
+    return image_grid(torch.stack(cells), path, nrow=ncol)
+
+
+def point_panel(inputs, samples, path, truth=None) -> Path:
+    from ..plots import scatter_panels
+
+    panels = {"input": inputs.reshape(-1, inputs.shape[-1]).numpy(),
+              "samples": samples.reshape(-1, samples.shape[-1]).numpy()}
+    if truth is not None:
+        panels["truth"] = truth.reshape(-1, truth.shape[-1]).numpy()
+    return scatter_panels(panels, path)
+
+
+def out_dir(args, command: str) -> Path:
+    out = Path(args.out) if args.out else Path(args.run_dir) / command
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_outputs(out: Path, arrays: dict, summary: dict) -> None:
+    np.savez_compressed(out / "outputs.npz", **{k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+                                                for k, v in arrays.items() if v is not None})
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}))
+
+
+def check_counts(args) -> None:
+    for name in ("n", "samples", "steps"):
+        v = getattr(args, name)
+        if v < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {v}")
+    if args.start < 0:
+        raise ValueError(f"--start must be >= 0, got {args.start}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def repeat(x: torch.Tensor, s: int) -> torch.Tensor:
+    """(N, ...) -> (N * s, ...), each example s times in a row."""
+    return x.repeat_interleave(s, dim=0)
+
+
+def summary_metrics(samples_data, truth, labels, dataset, run: Run) -> dict:
+    """PSNR (images, against the truth) and the classifier's accuracy on the samples, when they apply."""
+    out = {}
+    if truth is None or run.points:
+        return out
+    n, s = samples_data.shape[:2]
+    s01, t01 = to_unit(samples_data, run), to_unit(truth, run)
+    p = psnr(s01.reshape(n * s, *s01.shape[2:]), repeat(t01, s))
+    out["psnr_mean"], out["psnr_se"] = float(p.mean()), float(p.std() / math.sqrt(len(p))) if len(p) > 1 else 0.0
+    if labels is not None and dataset is not None:
+        out["classifier_accuracy"] = classifier_accuracy(s01, labels, dataset)
+    return out
