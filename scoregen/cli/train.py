@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -50,9 +51,59 @@ def add_arguments(p):
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--device", help="auto, cpu, cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--sample-every", type=int, default=None, metavar="K",
+                   help="every K steps save a picture of the EMA model's samples as RUN_DIR/samples/step_XXXXXX.png "
+                   f"(images: a grid of {PREVIEW['images']}, points: a scatter of {PREVIEW['points']}, drawn with "
+                   f"{PREVIEW['sampler']} in {PREVIEW['steps']} steps); default: the config's train.callback_every; "
+                   "0 = never")
     p.add_argument("--fresh", action="store_true", help="start over even if RUN_DIR holds a run")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-3")
+
+
+# the periodic sample pictures: cheap enough to draw often (a few hundred network calls)
+PREVIEW = {"images": 16, "points": 1000, "sampler": "dpmpp2m", "steps": 20, "seed": 0}
+
+
+def preview_samples(trainer, n: int, *, sampler: str = "dpmpp2m", steps: int = 20, seed: int = 0) -> torch.Tensor:
+    """n samples in data units from the trainer's EMA model (labels 0, 1, ... in turn for a
+    class-conditional net). A private generator leaves the training's random stream untouched,
+    so a run with pictures follows the same trajectory as one without."""
+    from scoregen.samplers import get_sampler
+
+    sde, device = trainer.ema.sde, trainer.device
+    g = torch.Generator(device=device).manual_seed(int(seed))
+    n_classes = getattr(trainer.ema.net, "n_classes", 0)
+    y = torch.arange(n) % n_classes if n_classes else None
+    x = sde.prior_sample((n,) + tuple(trainer.data.shape[1:]), generator=g, device=device)
+    with torch.no_grad():
+        res = get_sampler(sampler)(trainer.score_fn(y), sde, x, steps=steps, generator=g)
+    return trainer.normalizer.inverse(res.samples).cpu()
+
+
+def sample_callback(run_dir, **preview):
+    """callback(trainer, step) for the Trainer: RUN_DIR/samples/step_XXXXXX.png, an image grid
+    (in [0, 1] through the run's data.value_range) or, for points, a scatter over the data."""
+    from scoregen.images import unscale_images
+    from scoregen.plots import image_grid, scatter_panels
+    from scoregen.recipe import load_run_config
+
+    opts = {**PREVIEW, **preview}
+    run_dir = Path(run_dir)
+
+    def callback(trainer, step):
+        points = trainer.data.dim() == 2
+        x = preview_samples(trainer, opts["points" if points else "images"], sampler=opts["sampler"],
+                            steps=opts["steps"], seed=opts["seed"])
+        path = run_dir / "samples" / f"step_{step:06d}.png"
+        if points:
+            ref = trainer.normalizer.inverse(trainer.data[:opts["points"]]).cpu()
+            scatter_panels({f"step {step}": x}, path, reference=ref)
+        else:  # train_run wrote config.yaml before the first step: the run's own value range
+            value_range = (load_run_config(run_dir).get("data") or {}).get("value_range") or (0, 1)
+            image_grid(unscale_images(x, value_range), path)
+
+    return callback
 
 
 def default_config(data_name) -> str:
@@ -79,6 +130,22 @@ def resolve_config(args) -> dict:
     return C.load_config(args.config or default_config(args.data), overrides + list(args.overrides))
 
 
+def _sample_every(args, cfg: dict) -> None:
+    """--sample-every K sets train.callback_every, the Trainer's schedule for the callback."""
+    from scoregen.recipe import CONFIG_NAME, load_run_config
+
+    if args.sample_every is None:
+        return
+    if args.sample_every < 0:
+        raise ValueError(f"--sample-every must be a number of steps >= 0 (0 = never), got {args.sample_every}")
+    cfg.setdefault("train", {})["callback_every"] = args.sample_every
+    if not args.fresh and (Path(args.out) / CONFIG_NAME).exists():  # a resumed run keeps its saved recipe
+        saved = (load_run_config(args.out).get("train") or {}).get("callback_every", 0)
+        if saved != args.sample_every:
+            print(f"note: {args.out} resumes with its saved train.callback_every={saved}; --sample-every "
+                  "applies to a new run (--fresh)", file=sys.stderr)
+
+
 def run(args):
     from scoregen.plots import loss_curve
     from scoregen.recipe import train_run
@@ -86,7 +153,9 @@ def run(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = resolve_config(args)
-    trainer = train_run(cfg, args.out, resume=not args.fresh, progress=not args.no_progress)
+    _sample_every(args, cfg)
+    trainer = train_run(cfg, args.out, resume=not args.fresh, progress=not args.no_progress,
+                        callback=sample_callback(args.out))
     out = Path(args.out)
     hist = trainer.loss_history
     tail = hist[-min(100, len(hist)):]

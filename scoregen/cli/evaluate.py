@@ -1,0 +1,144 @@
+"""`scoregen evaluate RUN_DIR`: sample quality of an MNIST / Fashion-MNIST run.
+
+The samples (N fresh draws with the chosen sampler, or the `images01` array of an .npz written by
+`scoregen sample`) are scored by `image_metrics.evaluate_images`:
+
+    FID  ||mu_s - mu_t||^2 + tr(S_s + S_t - 2 (S_s^1/2 S_t S_s^1/2)^1/2)   (Heusel et al. 2017)
+    KID  unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3                     (Binkowski et al. 2018)
+
+on the 128-d features of the data set's own classifier (`classifier`), against m = min(N, 10000)
+test images, beside the floor: the same statistic between those test images and N training images.
+Both carry the same finite-n bias, so the ratio FID / floor is what is comparable across N. The
+class histogram is the classifier's predictions on the samples; its largest deviation from the
+uniform 10% is reported in percentage points. Point runs have their own measure: `scoregen compare`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HELP = "MNIST / Fashion-MNIST runs: classifier FID and KID against the test split (with the floor) and the class histogram"
+
+GRID_IMAGES = 64
+
+
+def add_arguments(p) -> None:
+    from ..samplers import sampler_names
+
+    p.add_argument("run_dir", metavar="RUN_DIR", help="an image run folder made by `scoregen train`")
+    p.add_argument("--sampler", default=None, help=f"one of {sampler_names()} (default: the run's configured one)")
+    p.add_argument("--steps", type=int, default=None, help="solver steps (default: the run's configured ones)")
+    p.add_argument("--n", type=int, default=None, help="number of samples to draw (default 1000)")
+    p.add_argument("--samples", default=None, metavar="FILE.npz",
+                   help="score these samples instead of drawing: an .npz from `scoregen sample` (key images01)")
+    p.add_argument("--out", default=None, metavar="FILE.json",
+                   help="the report (default RUN_DIR/evaluate.json); the sample grid goes beside it as .png")
+    p.add_argument("--data-dir", default=None, help="folder holding the MNIST files (default: the run's data.data_dir)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prior draws and of the reference subsets")
+    p.add_argument("--batch-size", type=int, default=None, help="samples per sampler call (default: the run's)")
+    p.add_argument("--kid-subsets", type=int, default=100, help="random subsets averaged by KID")
+    p.add_argument("--device", default="cpu", help="cpu, cuda[:i] or auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def check_run(run_dir: Path) -> tuple[dict, str]:
+    """(config, data set name) of an image run with a classifier; clear errors otherwise."""
+    from ..classifier import CLASSIFIER_DATASETS
+    from ..recipe import is_point_data, load_run_config
+
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
+    cfg = load_run_config(run_dir)
+    name = (cfg.get("data") or {}).get("name")
+    if name is None:
+        raise ValueError(f"{run_dir}/config.yaml names no data set (data.name)")
+    if is_point_data(name):
+        raise ValueError(f"{run_dir} is a point run (data {name!r}); `scoregen evaluate` scores MNIST-like images: "
+                         f"use `scoregen compare {run_dir}` for the quality of point samples")
+    if name not in CLASSIFIER_DATASETS:
+        raise ValueError(f"{run_dir} was trained on {name!r}, which has no classifier for FID/KID; "
+                         f"`scoregen evaluate` knows {list(CLASSIFIER_DATASETS)}")
+    return cfg, name
+
+
+def read_samples(path) -> torch.Tensor:
+    """The `images01` array (N, 1, 28, 28) in [0, 1] of an .npz written by `scoregen sample`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"samples file {str(path)!r} does not exist (write one with `scoregen sample`)")
+    try:
+        with np.load(path) as f:
+            if "images01" not in f.files:
+                raise ValueError(f"{path} holds {f.files}, not 'images01' (the [0, 1] images `scoregen sample` "
+                                 "writes)")
+            return torch.from_numpy(np.asarray(f["images01"], dtype=np.float32))
+    except (OSError, EOFError) as e:
+        raise ValueError(f"cannot read {path} as an .npz file: {e}") from None
+
+
+def draw_samples(run_dir: Path, cfg: dict, args) -> tuple[torch.Tensor, dict]:
+    """(images in [0, 1], {"sampler", "steps", "nfe", "seconds", "train_step"}) drawn from the run."""
+    from ..checkpoint import load_checkpoint
+    from ..images import unscale_images
+    from ..recipe import sample_run
+    from .likelihood import _device, _value_range
+
+    n = args.n if args.n is not None else 1000
+    if n < 2:
+        raise ValueError(f"--n must be at least 2, got {n}")
+    sc = cfg.get("sample") or {}
+    t0 = time.perf_counter()
+    res = sample_run(run_dir, n, args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+                     device=_device(args.device))
+    seconds = time.perf_counter() - t0
+    steps = args.steps if args.steps is not None else (sc.get("steps") if args.sampler is None else None)
+    info = {"sampler": args.sampler or sc.get("sampler", "pc"), "steps": steps, "nfe": int(res.nfe),
+            "seconds": round(seconds, 2), "train_step": int(load_checkpoint(run_dir)["step"])}
+    if not torch.isfinite(res.samples).all():
+        raise ValueError(f"the {info['sampler']} sampler diverged (non-finite samples); try more --steps "
+                         "or another --sampler")
+    return unscale_images(res.samples, _value_range(None, run_dir)), info
+
+
+def summary_lines(r: dict) -> list[str]:
+    how = (f"{r['sampler']} ({r['nfe']} NFE, step {r['train_step']})" if r["source"] == "sampler"
+           else r["source"])
+    return [f"{r['dataset']}: n={r['n']} samples from {how}, reference {r['n_ref']} test images",
+            f"  FID {r['fid']:.4g}   floor (test vs train) {r['fid_floor']:.4g}   ratio {r['fid_ratio']:.3g}",
+            f"  KID {r['kid']:.4g} +- {r['kid_std']:.2g}   floor {r['kid_floor']:.4g} +- {r['kid_floor_std']:.2g}",
+            "  classes " + " ".join(f"{100 * f:.1f}" for f in r["class_fractions"])
+            + f" %  (max deviation from uniform {r['class_max_dev_points']:.2f} points)"]
+
+
+def run(args) -> int:
+    from ..image_metrics import evaluate_images
+    from ..plots import image_grid
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_dir = Path(args.run_dir)
+    cfg, name = check_run(run_dir)
+    if args.samples is not None:
+        if args.sampler is not None or args.steps is not None or args.n is not None:
+            raise ValueError("--samples scores a file as it is; leave out --sampler, --steps and --n with it")
+        images = read_samples(args.samples)
+        info = {"source": str(args.samples), "sampler": None, "steps": None, "nfe": None, "seconds": None,
+                "train_step": None}
+    else:
+        images, info = draw_samples(run_dir, cfg, args)
+        info["source"] = "sampler"
+    data_dir = args.data_dir or (cfg.get("data") or {}).get("data_dir")
+    report = evaluate_images(images, name, data_dir, value_range=(0, 1), kid_subsets=args.kid_subsets,
+                             seed=args.seed)
+    report = {"run_dir": str(run_dir), **info, **report}
+    out = Path(args.out) if args.out else run_dir / "evaluate.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    picture = image_grid(images[:GRID_IMAGES], out.with_suffix(".png"))
+    print("\n".join(summary_lines(report)))
+    print(f"wrote {out} and {picture}")
+    return 0
