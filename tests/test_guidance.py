@@ -155,3 +155,21 @@ def test_trained_noisy_classifier_guides_to_its_class(tmp_path):
     score = G.classifier_guidance(MIX.score_fn(sde), clf2.log_prob_fn(), 2, w=2.0)
     xs = _sample(score, sde, 400, steps=200, seed=5)
     assert (MIX.classify(xs) == 2).double().mean() > 0.95
+
+
+def test_unet_classes_come_from_the_label_table():
+    """The U-Nets keep n_classes on their label embedding; guidance reads it there."""
+    torch.manual_seed(0)
+    net = build_net("unet", base_channels=8, channel_mults=[1, 1], num_res_blocks=1, attn_levels=[], mid_attn=False,
+                    dropout=0.0, n_classes=10)
+    model = ScoreModel(net, VESDE(0.01, 5.0))
+    model = model.double()  # the batched pass [x, x] must equal two passes to round-off
+    assert G.model_classes(model) == 10
+    x, t = torch.randn(2, 1, 12, 12, dtype=torch.float64), torch.full((2,), 0.5, dtype=torch.float64)
+    with torch.no_grad():
+        got = G.guided_score_fn(model, 9, 3.0, train_config={"label_dropout": 0.1})(x, t)
+        u, c = model(x, t, torch.full((2,), 10)), model(x, t, torch.full((2,), 9))
+    assert float((c - u).abs().max()) > 1e-6  # the label matters
+    assert torch.allclose(got, u + 3.0 * (c - u), rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="label 10 is out of range"):
+        G.guided_score_fn(model, 10, 3.0, train_config={"label_dropout": 0.1})
