@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-HELP = "MNIST / Fashion-MNIST runs: classifier FID and KID against the test split (with the floor) and the class histogram"
+HELP = ("MNIST / Fashion-MNIST runs: classifier FID and KID against the test split (with the floor) and "
+        "the class histogram")
 
 GRID_IMAGES = 64
 
