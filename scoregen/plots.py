@@ -43,8 +43,8 @@ def scatter_panels(panels: dict, path, reference=None, titles: dict | None = Non
     ncols = min(ncols, len(names))
     nrows = -(-len(names) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 3.3 * nrows), squeeze=False)
-    clouds = [panels[k] for k in names] + ([reference] if reference is not None else [])
-    lo, hi = _limits(*clouds)
+    # the frame is the data's (the reference, else the first panel): a diverged sampler must not zoom it out
+    lo, hi = _limits(reference if reference is not None else panels[names[0]], margin=0.25)
     for ax, name in zip(axes.flat, names):
         if reference is not None:
             r = _np(reference)
