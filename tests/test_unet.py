@@ -99,3 +99,21 @@ def test_seed_unet_parameter_count_matches_its_layers():
     assert n_params(net) == embed + convs + dense + norms + tconvs
     print(f"SeedUNet: {n_params(net)} parameters; UNet(base 64, 1-2-2): {n_params(UNet())}; "
           f"NCSN(ngf 32): {n_params(NCSN())}")
+
+
+@pytest.mark.parametrize("name,kw", [("seed-unet", {"channels": [8, 16, 16, 16], "embed_dim": 32}),
+                                     ("unet", {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
+                                               "attn_levels": [], "mid_attn": False, "heads": 1})])
+def test_conditional_image_nets_expose_n_classes_to_the_trainer(name, kw):
+    """The trainer and guidance read net.n_classes: a conditional U-Net must train with its labels."""
+    from scoregen.models import ScoreModel
+    from scoregen.nets import build_net
+    from scoregen.sde import VESDE
+    from scoregen.train import TrainConfig, Trainer
+
+    net = build_net(name, in_channels=1, n_classes=10, **kw)
+    assert net.n_classes == 10
+    x = torch.rand(8, 1, 16, 16)
+    tr = Trainer(ScoreModel(net, VESDE()), x, TrainConfig(steps=1, batch_size=4, progress=False),
+                 labels=torch.arange(8) % 10)
+    assert tr.labels is not None

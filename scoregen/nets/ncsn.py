@@ -123,6 +123,7 @@ class NCSN(nn.Module):
         self.embed = nn.Sequential(make_embedding(embedding, emb_dim, fourier_scale),
                                    nn.Linear(emb_dim, emb_dim), nn.ELU(), nn.Linear(emb_dim, emb_dim))
         self.label = LabelEmbedding(n_classes, emb_dim)
+        self.n_classes = self.label.n_classes  # the trainer and guidance read it
         self.conv_in = nn.Conv2d(in_channels, f, 3, padding=1)
         e = emb_dim
         self.stages = nn.ModuleList([

@@ -101,6 +101,7 @@ class SeedUNet(nn.Module):
         self.embed = nn.Sequential(GaussianFourierEmbedding(embed_dim, scale=fourier_scale),
                                    nn.Linear(embed_dim, embed_dim))
         self.label = LabelEmbedding(n_classes, embed_dim)
+        self.n_classes = self.label.n_classes  # the trainer and guidance read it
         # encoder (bias-free convolutions: GroupNorm follows)
         self.conv = nn.ModuleList([
             nn.Conv2d(in_channels, c1, 3, stride=1, bias=False),
@@ -216,6 +217,7 @@ class UNet(nn.Module):
         self.embed = nn.Sequential(make_embedding(embedding, base_channels, fourier_scale),
                                    nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label = LabelEmbedding(n_classes, emb_dim)
+        self.n_classes = self.label.n_classes  # the trainer and guidance read it
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
         def block(cin, cout, level):
