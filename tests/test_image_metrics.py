@@ -1,30 +1,16 @@
 """FID, KID and the MNIST classifier behind them: closed forms, unbiasedness, real-data accuracy."""
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
 
+from conftest import require_shared_data
 from scoregen.classifier import accuracy, classifier_path, load_classifier
 from scoregen.image_metrics import _mmd2_unbiased, class_histogram, evaluate_images, fid, frechet_distance, kid
 from scoregen.images import load_mnist
 
 torch.set_num_threads(1)
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def shared_mnist() -> Path:
-    """The offline MNIST copy; skip when absent, but fail under CI=true."""
-    folder = SHARED / "mnist"
-    if not folder.is_dir():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but the shared data set {folder} is missing")
-        pytest.skip(f"shared data set {folder} is absent (tests read ../shared/data)")
-    return folder
-
-
 def random_spd(d, rng):
     a = rng.normal(size=(d, d))
     return a @ a.T / d + 0.1 * np.eye(d)
@@ -118,7 +104,7 @@ def test_classifier_weights_are_small_and_safe():
 
 
 def test_classifier_accuracy_and_histogram_on_real_test_images():
-    x, y = load_mnist("test", shared_mnist(), limit=500)
+    x, y = load_mnist("test", require_shared_data("mnist"), limit=500)
     model = load_classifier("mnist")
     acc = accuracy(model, x, y)
     assert acc > 0.97
@@ -129,7 +115,7 @@ def test_classifier_accuracy_and_histogram_on_real_test_images():
 
 
 def test_evaluate_images_real_vs_noise():
-    folder = shared_mnist()
+    folder = require_shared_data("mnist")
     model = load_classifier("mnist")
     real, _ = load_mnist("train", folder, limit=400)  # real digits stand in for perfect samples
     rep = evaluate_images(real, "mnist", folder, model=model, kid_subsets=50)

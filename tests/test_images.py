@@ -1,29 +1,15 @@
 """Image data: IDX parsing and checksums, real MNIST/Fashion-MNIST slices, digits, CIFAR-10, folders."""
 import gzip
-import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import require_shared_data
 from scoregen import images
 from scoregen.images import (load_cifar10, load_digits, load_image_folder, load_images, load_mnist, parse_idx,
                              random_hflip, read_idx, scale_images, unscale_images)
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def shared_dataset(name: str) -> Path:
-    """The project's offline copy of `name`; skip when absent, but fail under CI=true."""
-    folder = SHARED / name
-    if not folder.is_dir():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but the shared data set {folder} is missing")
-        pytest.skip(f"shared data set {folder} is absent (tests read ../shared/data)")
-    return folder
-
 
 def idx_bytes(arr: np.ndarray) -> bytes:
     header = bytes([0, 0, 0x08, arr.ndim]) + np.asarray(arr.shape, dtype=">u4").tobytes()
@@ -93,7 +79,7 @@ def test_search_order_env_then_cache(tmp_path, monkeypatch):
 
 # --- real data (small slices) ----------------------------------------------------------------
 def test_mnist_test_split_matches_readme():
-    folder = shared_dataset("mnist")
+    folder = require_shared_data("mnist")
     x, y = load_mnist("test", folder)  # md5 of both files verified on the way
     assert x.shape == (10000, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert float(x.min()) == 0.0 and float(x.max()) == 1.0
@@ -102,8 +88,8 @@ def test_mnist_test_split_matches_readme():
 
 
 def test_fashion_mnist_slice_and_range():
-    shared_dataset("fashion-mnist")
-    x, y = load_images("fashion-mnist", "test", data_dir=SHARED, value_range=(-1, 1), limit=300)
+    shared = require_shared_data("fashion-mnist").parent
+    x, y = load_images("fashion-mnist", "test", data_dir=shared, value_range=(-1, 1), limit=300)
     assert x.shape == (300, 1, 28, 28) and float(x.min()) == -1.0 and float(x.max()) == 1.0
     assert y.min() >= 0 and y.max() <= 9
 
