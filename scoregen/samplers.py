@@ -636,7 +636,5 @@ def sample(score_fn, sde: SDE, shape, sampler: str = "pc", *, generator=None, de
            dtype=torch.float32, **options) -> SampleResult:
     """Draw the start from the prior of `sde` and run the named sampler on it."""
     fn = get_sampler(sampler)
-    if fn is ancestral or options.get("predictor") == "ancestral":
-        _check_ancestral(sde)
     x = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)
     return fn(score_fn, sde, x, generator=generator, **options)
