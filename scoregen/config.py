@@ -35,7 +35,7 @@ SECTIONS = ("data", "model", "sde", "loss", "train", "sample")
 #: data keys: images (images.load_images) and points (data.load_points)
 DATA_KEYS = ("name", "split", "value_range", "flip", "limit", "data_dir", "root", "size", "grey", "download",
              "n", "seed")
-MODEL_KEYS = ("net", "cond", "scale_by_std")
+MODEL_KEYS = ("net", "cond", "scale_by_std", "scale_input", "parameterization", "sigma_data")
 #: sample keys handled by the caller rather than passed to the sampler
 SAMPLE_KEYS = ("sampler", "n", "batch_size", "seed")
 _SAMPLER_ARGS = {"score_fn", "sde", "x", "generator", "return_trajectory", "progress"}

@@ -25,6 +25,7 @@ from . import config as C
 from .data import POINT_DATASETS, load_points, suggest_sigma_max
 from .models import ScoreModel
 from .nets import build_net
+from .preconditioning import EDMModel
 from .samplers import SampleResult, get_sampler
 from .sde import make_sde
 from .train import Normalizer, TrainConfig, Trainer, load_run
@@ -73,10 +74,25 @@ def build_sde(sde_cfg: dict, data: torch.Tensor | None = None):
 
 
 def build_model(model_cfg: dict, sde, data_shape) -> ScoreModel:
-    """ScoreModel(net, sde) from the `model` section; `dim` of an MLP defaults to the data's."""
+    """The score model of the `model` section; `dim` of an MLP defaults to the data's.
+
+    `parameterization: score` (default) wraps the net as ScoreModel(net, sde, cond, scale_by_std,
+    scale_input); `parameterization: edm` as EDM's preconditioned denoiser EDMModel(net, sde,
+    sigma_data), which fixes the net's input scaling and conditioning (c_in, c_noise = log(sigma) / 4)
+    itself, so `cond`, `scale_by_std` and `scale_input` may not be set beside it.
+    """
     m = dict(model_cfg)
     net_name = m.pop("net", "mlp")
+    kind = m.pop("parameterization", "score") or "score"
+    sigma_data = m.pop("sigma_data", None)
     wrap = {k: m.pop(k) for k in ("cond", "scale_by_std", "scale_input") if k in m}
+    if kind not in ("score", "edm"):
+        raise ValueError(f"model.parameterization={kind!r} is unknown: choose 'score' or 'edm'")
+    if kind == "edm" and wrap:
+        raise ValueError(f"model.parameterization=edm sets the net's conditioning and scaling itself; "
+                         f"remove model.{', model.'.join(sorted(wrap))}")
+    if kind == "score" and sigma_data is not None:
+        raise ValueError("model.sigma_data applies only to model.parameterization=edm")
     if net_name == "mlp":
         if len(data_shape) != 2:
             raise ValueError(f"the mlp network is for points (N, D); the data have shape {tuple(data_shape)}: "
@@ -84,7 +100,10 @@ def build_model(model_cfg: dict, sde, data_shape) -> ScoreModel:
         if m.get("dim") not in (None, data_shape[1]):
             raise ValueError(f"model.dim={m['dim']} does not match the data dimension D={data_shape[1]}")
         m["dim"] = int(data_shape[1])
-    return ScoreModel(build_net(net_name, **m), sde, **wrap)
+    net = build_net(net_name, **m)
+    if kind == "edm":
+        return EDMModel(net, sde, sigma_data=0.5 if sigma_data is None else sigma_data)
+    return ScoreModel(net, sde, **wrap)
 
 
 def train_config(cfg: dict, **changes) -> TrainConfig:

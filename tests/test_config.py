@@ -3,9 +3,10 @@ import pytest
 
 from scoregen.config import apply_overrides, dump_config, load_config, parse_override, preset_names
 from scoregen.losses import make_loss
-from scoregen.nets import NETS, build_net, register_net
+from scoregen.nets import NETS, register_net
 from scoregen.nets.ncsn import NCSN
 from scoregen.nets.unet import SeedUNet, UNet
+from scoregen.recipe import build_model
 from scoregen.samplers import get_sampler
 from scoregen.sde import make_sde
 from scoregen.train import TrainConfig
@@ -15,7 +16,7 @@ for _name, _cls in (("seed-unet", SeedUNet), ("unet", UNet), ("ncsn", NCSN)):
     if _name not in NETS:
         register_net(_name, _cls)
 
-PRESETS = ["cifar10", "fashion-mnist", "mnist", "mnist-ncsn", "mnist-tiny", "points"]
+PRESETS = ["cifar10", "fashion-mnist", "mnist", "mnist-cond-tiny", "mnist-edm", "mnist-ncsn", "mnist-tiny", "points"]
 
 
 def test_every_preset_is_listed():
@@ -25,14 +26,12 @@ def test_every_preset_is_listed():
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_builds_every_component(name):
     cfg = load_config(name)
-    model = dict(cfg["model"])
-    net_name = model.pop("net")
-    for k in ("cond", "scale_by_std"):
-        model.pop(k)
-    if name != "cifar10":  # 36 M parameters: its options are checked by load_config already
-        net = build_net(net_name, **model)
-        assert sum(p.numel() for p in net.parameters()) > 0
     sde = make_sde(**cfg["sde"])
+    if name != "cifar10":  # 36 M parameters: its options are checked by load_config already
+        shape = (2, 2) if cfg["data"]["name"] == "seed" else (2, cfg["model"]["in_channels"], 28, 28)
+        model = build_model(cfg["model"], sde, shape)
+        assert sum(p.numel() for p in model.parameters()) > 0
+        assert getattr(model, "parameterization", "score") == cfg["model"].get("parameterization", "score")
     loss = dict(cfg["loss"])
     make_loss(loss.pop("name"), sde, **loss)
     TrainConfig.from_dict({**cfg["train"], "loss": cfg["loss"]["name"]})
