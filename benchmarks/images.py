@@ -19,7 +19,8 @@ FID and KID of n samples against the test split beside the test-vs-train floor a
 (`image_metrics.evaluate_images`), the class histogram's largest deviation from uniform, NFE and
 seconds. The issue's goal: FID within 3x of the floor at 1000 NFE, classes within 2 points.
 
-    python benchmarks/images.py --run runs/mnist [--n 500] [--samplers pc:500 dpmpp2m:50] [--device cuda]
+    python benchmarks/images.py --run runs/mnist [--n 500] [--samplers pc:500 dpmpp2m:50 heun:18:schedule=edm]
+        [--device cuda]
 """
 from __future__ import annotations
 
@@ -118,12 +119,20 @@ def throughput(a) -> dict:
 
 # --- quality of a finished run -----------------------------------------------------------------
 def parse_samplers(items) -> list[tuple[str, dict]]:
+    """NAME[:STEPS[:KEY=VALUE,...]] -> (name, options); values are parsed as YAML (`heun:18:schedule=edm`)."""
+    from scoregen.config import parse_override
+
     out = []
     for it in items:
-        name, _, steps = it.partition(":")
+        name, _, rest = it.partition(":")
+        steps, _, extra = rest.partition(":")
         if steps and not steps.isdigit():
-            raise ValueError(f"--samplers entries look like NAME or NAME:STEPS, got {it!r}")
-        out.append((name, {"steps": int(steps)} if steps else {}))
+            raise ValueError(f"--samplers entries look like NAME, NAME:STEPS or NAME:STEPS:KEY=VALUE,..., got {it!r}")
+        opts = {"steps": int(steps)} if steps else {}
+        for kv in filter(None, extra.split(",")):
+            keys, value = parse_override(kv)
+            opts[".".join(keys)] = value
+        out.append((name, opts))
     return out
 
 
