@@ -317,6 +317,7 @@ class Trainer:
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 self.save()
             if main and self.callback is not None and cfg.callback_every and step % cfg.callback_every == 0:
+                self._flush()  # the callback sees the loss history up to this step
                 self.callback(self, step)
         bar.close()
         self.save()

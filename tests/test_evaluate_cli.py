@@ -60,10 +60,15 @@ def test_periodic_grids_leave_training_unchanged(image_run, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_points_get_scatter_pictures_on_the_configs_schedule(tmp_path, capsys):
+def test_points_get_scatter_pictures_on_the_configs_schedule(tmp_path, capsys, monkeypatch):
+    from scoregen import plots
+
+    drawn, draw = [], plots.loss_curve
+    monkeypatch.setattr(plots, "loss_curve", lambda hist, path: drawn.append(len(hist)) or draw(hist, path))
     run = tmp_path / "pts"
     assert _train(run, config="points", overrides=POINTS + ["train.callback_every=2"]) == 0
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_000002.png", "step_000004.png"]
+    assert drawn == [2, 4, 4] and (run / "loss.png").exists()  # kept current with the pictures, and at the end
     # and `evaluate` sends point runs to `compare`
     capsys.readouterr()
     assert main(["evaluate", str(run)]) == 2

@@ -83,7 +83,9 @@ def preview_samples(trainer, n: int, *, sampler: str = "dpmpp2m", steps: int = 2
 
 def sample_callback(run_dir, **preview):
     """callback(trainer, step) for the Trainer: RUN_DIR/samples/step_XXXXXX.png, an image grid
-    (in [0, 1] through the run's data.value_range) or, for points, a scatter over the data."""
+    (in [0, 1] through the run's data.value_range) or, for points, a scatter over the data; and
+    RUN_DIR/loss.png brought up to date, so a run stopped early still has its loss curve."""
+    from scoregen import plots
     from scoregen.images import unscale_images
     from scoregen.plots import image_grid, scatter_panels
     from scoregen.recipe import load_run_config
@@ -102,6 +104,7 @@ def sample_callback(run_dir, **preview):
         else:  # train_run wrote config.yaml before the first step: the run's own value range
             value_range = (load_run_config(run_dir).get("data") or {}).get("value_range") or (0, 1)
             image_grid(unscale_images(x, value_range), path)
+        plots.loss_curve(trainer.loss_history, run_dir / "loss.png")
 
     return callback
 
@@ -147,7 +150,7 @@ def _sample_every(args, cfg: dict) -> None:
 
 
 def run(args):
-    from scoregen.plots import loss_curve
+    from scoregen import plots
     from scoregen.recipe import train_run
 
     if args.threads:
@@ -160,5 +163,5 @@ def run(args):
     hist = trainer.loss_history
     tail = hist[-min(100, len(hist)):]
     summary = {"run_dir": str(out), "step": trainer.step, "loss_last100": sum(tail) / max(len(tail), 1)}
-    loss_curve(hist, out / "loss.png")
+    plots.loss_curve(hist, out / "loss.png")
     print(json.dumps(summary))
