@@ -6,7 +6,7 @@ from scoregen.losses import make_loss
 from scoregen.nets import NETS, register_net
 from scoregen.nets.ncsn import NCSN
 from scoregen.nets.unet import SeedUNet, UNet
-from scoregen.recipe import build_model
+from scoregen.recipe import build_model, is_point_data
 from scoregen.samplers import get_sampler
 from scoregen.sde import make_sde
 from scoregen.train import TrainConfig
@@ -28,7 +28,7 @@ def test_preset_builds_every_component(name):
     cfg = load_config(name)
     sde = make_sde(**cfg["sde"])
     if name != "cifar10":  # 36 M parameters: its options are checked by load_config already
-        shape = (2, 2) if cfg["data"]["name"] == "seed" else (2, cfg["model"]["in_channels"], 28, 28)
+        shape = (2, 2) if is_point_data(cfg["data"]["name"]) else (2, cfg["model"]["in_channels"], 28, 28)
         model = build_model(cfg["model"], sde, shape)
         assert sum(p.numel() for p in model.parameters()) > 0
         assert getattr(model, "parameterization", "score") == cfg["model"].get("parameterization", "score")

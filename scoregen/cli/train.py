@@ -87,7 +87,6 @@ def sample_callback(run_dir, **preview):
     RUN_DIR/loss.png brought up to date, so a run stopped early still has its loss curve."""
     from scoregen import plots
     from scoregen.images import unscale_images
-    from scoregen.plots import image_grid, scatter_panels
     from scoregen.recipe import load_run_config
 
     opts = {**PREVIEW, **preview}
@@ -100,10 +99,10 @@ def sample_callback(run_dir, **preview):
         path = run_dir / "samples" / f"step_{step:06d}.png"
         if points:
             ref = trainer.normalizer.inverse(trainer.data[:opts["points"]]).cpu()
-            scatter_panels({f"step {step}": x}, path, reference=ref)
+            plots.scatter_panels({f"step {step}": x}, path, reference=ref)
         else:  # train_run wrote config.yaml before the first step: the run's own value range
             value_range = (load_run_config(run_dir).get("data") or {}).get("value_range") or (0, 1)
-            image_grid(unscale_images(x, value_range), path)
+            plots.image_grid(unscale_images(x, value_range), path)
         plots.loss_curve(trainer.loss_history, run_dir / "loss.png")
 
     return callback
