@@ -30,7 +30,8 @@ from .samplers import SampleResult, get_sampler
 from .sde import make_sde
 from .train import Normalizer, TrainConfig, Trainer, load_run
 
-__all__ = ["is_point_data", "load_data", "build_sde", "build_model", "train_config", "train_run", "load_run_config",
+__all__ = ["is_point_data", "load_data", "build_sde", "build_model", "train_config", "train_run", "resume_config",
+           "load_run_config",
            "sample_run", "CONFIG_NAME"]
 
 CONFIG_NAME = "config.yaml"
@@ -127,15 +128,57 @@ def load_run_config(run_dir) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def train_run(cfg: dict, run_dir, *, resume: bool = True, callback=None, progress: bool = True) -> Trainer:
-    """Train the configured model on the configured data into `run_dir` (resuming if it holds a run)."""
+#: what may change when a run resumes: the schedule and bookkeeping, never the model, data or loss
+RESUMABLE = {"train": {"steps", "lr", "lr_decay", "decay_start", "ema_decay", "grad_clip", "checkpoint_every",
+                       "log_every", "callback_every", "device", "progress"},
+             "data": {"data_dir"}, "sample": None}  # None: every key
+
+
+def resume_config(saved: dict, overrides) -> dict:
+    """The saved recipe of a run with `overrides` applied, refusing changes outside RESUMABLE.
+
+    An override that repeats the saved value is accepted whatever its key, so rerunning the
+    command that started a run resumes it.
+    """
+    cfg = C.apply_overrides(saved, overrides)
+    fixed = [f"{s}.{k}" for s in C.SECTIONS for k in sorted(set(saved.get(s) or {}) | set(cfg.get(s) or {}))
+             if (saved.get(s) or {}).get(k) != (cfg.get(s) or {}).get(k) and not _resumable(s, k)]
+    if fixed:
+        allowed = sorted(f"{s}.{k}" for s, keys in RESUMABLE.items() for k in (keys or ["*"]))
+        raise ValueError(f"a resumed run keeps its model, data and loss, but the overrides change {fixed} "
+                         f"(saved: {[_lookup(saved, key) for key in fixed]}); start a new run with another "
+                         f"--out (or --fresh). Changeable on resume: {allowed}")
+    C.validate_config(cfg)
+    return cfg
+
+
+def _resumable(section: str, key: str) -> bool:
+    return section in RESUMABLE and (RESUMABLE[section] is None or key in RESUMABLE[section])
+
+
+def _lookup(cfg: dict, key: str):
+    section, name = key.split(".", 1)
+    return (cfg.get(section) or {}).get(name)
+
+
+def train_run(cfg: dict, run_dir, *, resume: bool = True, overrides=None, callback=None,
+              progress: bool = True) -> Trainer:
+    """Train the configured model on the configured data into `run_dir` (resuming if it holds a run).
+
+    A resumed run keeps its saved recipe: with `overrides` (the `key=value` list that made `cfg`)
+    those are applied to it, within RESUMABLE (e.g. a longer run with a learning-rate cool-down:
+    train.steps, train.lr_decay, train.decay_start); without, only train.steps is taken from `cfg`.
+    """
     run_dir = Path(run_dir)
     if resume and (run_dir / CONFIG_NAME).exists():
         saved = load_run_config(run_dir)
-        steps = cfg.get("train", {}).get("steps")
-        cfg = saved  # a resumed run keeps its own recipe; only the step target may grow
-        if steps is not None:
-            cfg["train"]["steps"] = steps
+        if overrides is not None:
+            cfg = resume_config(saved, overrides)
+        else:
+            steps = cfg.get("train", {}).get("steps")
+            cfg = saved
+            if steps is not None:
+                cfg["train"]["steps"] = steps
     x, labels = load_data(cfg["data"])
     tc = train_config(cfg, progress=progress)
     normalizer = Normalizer.fit(x) if tc.normalize else Normalizer()

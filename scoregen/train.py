@@ -41,6 +41,7 @@ from .models import ScoreModel
 __all__ = ["TrainConfig", "Normalizer", "Trainer", "train", "load_run", "METRICS_NAME"]
 
 METRICS_NAME = "metrics.jsonl"
+LR_DECAYS = ("constant", "linear", "cosine")
 RUN_KIND = "scoregen-run"
 
 
@@ -50,7 +51,9 @@ class TrainConfig:
 
     batch_size is the global batch (split over DDP ranks); grad_clip <= 0 and ema_decay = 0
     switch clipping and averaging off; checkpoint_every = 0 saves only at the end; amp uses bf16
-    autocast on CUDA only; weight_decay is Adam's L2 penalty.
+    autocast on CUDA only; weight_decay is Adam's L2 penalty. The learning rate warms up linearly
+    over `warmup` steps, then stays at lr ("constant") or anneals to 0 at `steps` ("linear",
+    "cosine") from step max(warmup, decay_start): a cool-down that can be added when resuming.
     """
 
     steps: int = 2000
@@ -60,6 +63,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     warmup: int = 0
+    lr_decay: str = "constant"
+    decay_start: int = 0
     ema_decay: float = 0.999
     seed: int = 0
     loss: str = "sde"
@@ -77,7 +82,7 @@ class TrainConfig:
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
         self.loss_options = dict(self.loss_options)
-        for name in ("steps", "batch_size", "warmup", "seed", "checkpoint_every", "log_every", "callback_every"):
+        for name in ("steps", "batch_size", "warmup", "decay_start", "seed", "checkpoint_every", "log_every", "callback_every"):
             v = getattr(self, name)
             if int(v) != v or v < (1 if name in ("batch_size", "log_every") else 0):
                 raise ValueError(f"TrainConfig.{name} must be a non-negative integer"
@@ -86,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.lr_decay not in LR_DECAYS:
+            raise ValueError(f"TrainConfig.lr_decay must be one of {LR_DECAYS}, got {self.lr_decay!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"TrainConfig.ema_decay must lie in [0, 1), got {self.ema_decay!r}")
         if not 0 <= self.label_dropout < 1:
@@ -246,9 +253,20 @@ class Trainer:
         return x0, draws, y
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up from lr / warmup to lr over the first `warmup` steps."""
-        w = self.config.warmup
-        return self.config.lr * (min(1.0, (step + 1) / w) if w > 0 else 1.0)
+        """lr * warm-up * decay at `step` (0-based).
+
+        warm-up = min(1, (step + 1) / warmup); with s0 = max(warmup, decay_start) and
+        u = clip((step - s0) / (steps - s0), 0, 1), decay = 1 (constant), 1 - u (linear) or
+        (1 + cos(pi u)) / 2 (cosine).
+        """
+        cfg = self.config
+        warm = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup > 0 else 1.0
+        s0 = max(cfg.warmup, cfg.decay_start)
+        if cfg.lr_decay == "constant" or cfg.steps <= s0:
+            return cfg.lr * warm
+        u = min(1.0, max(0.0, (step - s0) / (cfg.steps - s0)))
+        decay = 1.0 - u if cfg.lr_decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * u))
+        return cfg.lr * warm * decay
 
     def train_step(self) -> torch.Tensor:
         cfg = self.config

@@ -6,7 +6,7 @@ from conftest import require_shared_data
 from scoregen.config import load_config
 from scoregen.models import ScoreModel
 from scoregen.preconditioning import EDMModel
-from scoregen.recipe import build_model, sample_run, train_run
+from scoregen.recipe import build_model, resume_config, sample_run, train_run
 from scoregen.sde import VESDE
 from scoregen.train import load_run
 
@@ -52,3 +52,36 @@ def test_edm_preset_trains_resumes_and_samples(tmp_path):
     assert load_run(tmp_path / "run")[3]["step"] == 3
     res = sample_run(tmp_path / "run", n=3, steps=2)  # the preset's own sampler: EDM Heun, 2 steps
     assert res.samples.shape == (3, 1, 28, 28) and res.nfe == 3 and torch.isfinite(res.samples).all()
+
+
+def test_resume_takes_schedule_overrides_and_refuses_model_changes():
+    saved = load_config("mnist-tiny", ["train.steps=10"])
+    cooled = resume_config(saved, ["train.steps=20", "train.lr_decay=cosine", "train.decay_start=10",
+                                   "sample.sampler=pc", "data.name=mnist", "model.net=seed-unet"])
+    assert cooled["train"]["steps"] == 20 and cooled["train"]["lr_decay"] == "cosine"
+    assert cooled["sample"]["sampler"] == "pc" and cooled["model"] == saved["model"]  # repeated values pass
+    for bad, key in (("model.channels=[4,8,8,8]", "model.channels"), ("data.limit=5", "data.limit"),
+                     ("loss.name=dsm", "loss.name"), ("train.batch_size=3", "train.batch_size")):
+        with pytest.raises(ValueError, match=rf"change \[[^]]*'{key}'[^]]*\].*another --out"):
+            resume_config(saved, ["train.steps=20", bad])
+
+
+def test_cli_resume_with_a_cool_down(tmp_path):
+    """A run resumed with a longer schedule and a linear decay logs the decayed learning rates."""
+    import json
+
+    from scoregen.cli import main
+
+    run = tmp_path / "run"
+    model = ["model.hidden=8", "model.depth=1", "model.emb_dim=4", "train.log_every=1", "train.warmup=0",
+             "train.lr=1e-3"]
+
+    def train(steps, *extra):
+        return main(["train", "--config", "points", "--out", str(run), "--no-progress", "--steps", str(steps),
+                     *model, *extra])
+
+    assert train(2) == 0
+    assert train(6, "train.lr_decay=linear", "train.decay_start=2") == 0
+    lrs = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4])  # lr at steps 0..5: 1 - (s - 2) / 4
+    assert train(8, "model.hidden=9") == 2  # the model cannot change under a run

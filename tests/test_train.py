@@ -82,6 +82,26 @@ def test_ema_averages_and_warmup():
         torch.testing.assert_close(e, 0.5 * p0 + 0.5 * p1.detach())
 
 
+@pytest.mark.parametrize("decay", ["linear", "cosine"])
+def test_lr_cools_down_to_zero_after_decay_start(decay):
+    """warmup 2, decay from step 4 to steps = 12: u = (s - 4) / 8 on the analytic curve."""
+    trainer = Trainer(tiny_model(), DATA, quiet(steps=12, lr=1.0, warmup=2, lr_decay=decay, decay_start=4))
+    shape = (lambda u: 1 - u) if decay == "linear" else (lambda u: 0.5 * (1 + math.cos(math.pi * u)))
+    expected = [0.5, 1.0, 1.0, 1.0] + [shape((s - 4) / 8) for s in range(4, 13)]
+    assert [trainer.lr_at(s) for s in range(13)] == pytest.approx(expected, abs=1e-12)
+    assert trainer.lr_at(12) == 0.0 and 0 < trainer.lr_at(11) < trainer.lr_at(5) < 1.0
+    # decay_start before the warm-up ends: the decay waits for it
+    early = Trainer(tiny_model(), DATA, quiet(steps=10, lr=1.0, warmup=5, lr_decay="linear", decay_start=0))
+    assert early.lr_at(4) == 1.0 and early.lr_at(7) == pytest.approx(0.6)  # u = (7 - 5) / 5
+
+
+def test_lr_decay_is_checked():
+    with pytest.raises(ValueError, match="lr_decay must be one of .*'step'"):
+        quiet(lr_decay="step")
+    with pytest.raises(ValueError, match="decay_start must be a non-negative integer"):
+        quiet(decay_start=-1)
+
+
 def test_normalizer_points_and_images():
     norm = Normalizer.fit(DATA)
     z = norm(DATA)

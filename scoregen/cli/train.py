@@ -117,35 +117,24 @@ def default_config(data_name) -> str:
     return data_name if data_name in preset_names() else "mnist"
 
 
+def resolve_overrides(args) -> list[str]:
+    """The flags and KEY=VALUE arguments as one list of overrides (flags first)."""
+    overrides = [f"{key}={getattr(args, flag)}" for flag, key in _FLAGS.items() if getattr(args, flag, None) is not None]
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"unexpected argument(s) {bad}: overrides must look like section.key=value")
+    if getattr(args, "sample_every", None) is not None:
+        if args.sample_every < 0:
+            raise ValueError(f"--sample-every must be a number of steps >= 0 (0 = never), got {args.sample_every}")
+        overrides.append(f"train.callback_every={args.sample_every}")
+    return overrides + list(args.overrides)
+
+
 def resolve_config(args) -> dict:
     """Preset (or file) + flags + KEY=VALUE overrides, checked."""
     from scoregen import config as C
 
-    overrides = []
-    for flag, key in _FLAGS.items():
-        v = getattr(args, flag, None)
-        if v is not None:
-            overrides.append(f"{key}={v}")
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        raise ValueError(f"unexpected argument(s) {bad}: overrides must look like section.key=value")
-    return C.load_config(args.config or default_config(args.data), overrides + list(args.overrides))
-
-
-def _sample_every(args, cfg: dict) -> None:
-    """--sample-every K sets train.callback_every, the Trainer's schedule for the callback."""
-    from scoregen.recipe import CONFIG_NAME, load_run_config
-
-    if args.sample_every is None:
-        return
-    if args.sample_every < 0:
-        raise ValueError(f"--sample-every must be a number of steps >= 0 (0 = never), got {args.sample_every}")
-    cfg.setdefault("train", {})["callback_every"] = args.sample_every
-    if not args.fresh and (Path(args.out) / CONFIG_NAME).exists():  # a resumed run keeps its saved recipe
-        saved = (load_run_config(args.out).get("train") or {}).get("callback_every", 0)
-        if saved != args.sample_every:
-            print(f"note: {args.out} resumes with its saved train.callback_every={saved}; --sample-every "
-                  "applies to a new run (--fresh)", file=sys.stderr)
+    return C.load_config(args.config or default_config(args.data), resolve_overrides(args))
 
 
 def run(args):
@@ -155,8 +144,8 @@ def run(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = resolve_config(args)
-    _sample_every(args, cfg)
-    trainer = train_run(cfg, args.out, resume=not args.fresh, progress=not args.no_progress,
+    trainer = train_run(cfg, args.out, resume=not args.fresh, overrides=resolve_overrides(args),
+                        progress=not args.no_progress,
                         callback=sample_callback(args.out))
     out = Path(args.out)
     hist = trainer.loss_history
