@@ -139,13 +139,13 @@ def parse_samplers(items) -> list[tuple[str, dict]]:
 def quality(a) -> list[dict]:
     from scoregen.classifier import load_classifier
     from scoregen.cli.evaluate import check_run
-    from scoregen.cli.likelihood import _value_range
+    from scoregen.recipe import run_value_range
     from scoregen.image_metrics import evaluate_images
     from scoregen.recipe import sample_run
 
     run_dir = Path(a.run)
     cfg, name = check_run(run_dir)
-    value_range = _value_range(None, run_dir)
+    value_range = run_value_range(run_dir)
     data_dir = (cfg.get("data") or {}).get("data_dir")
     classifier = load_classifier(name)
     samplers = parse_samplers(a.samplers) if a.samplers else SAMPLERS

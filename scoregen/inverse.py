@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from .distributions import GaussianMixture
-from .operators import LinearOperator, MaskOperator, check_mask
+from .operators import LinearOperator, check_mask
 from .samplers import _langevin_corrector, _reverse_diffusion_step, _Run, time_grid
 from .sde import SDE, broadcast_to
 

@@ -25,12 +25,13 @@ import torch
 from .sde import SDE, NoiseLadder, broadcast_to
 
 __all__ = ["Loss", "DSMLoss", "NCSNLoss", "ContinuousDSMLoss", "SSMLoss", "dsm_loss", "ncsn_loss",
-           "continuous_dsm_loss", "ssm_loss", "LOSSES", "LOSS_OPTIONS", "make_loss", "WEIGHTINGS"]
+           "continuous_dsm_loss", "ssm_loss", "LOSSES", "LOSS_OPTIONS", "make_loss", "WEIGHTINGS",
+           "draw_normal", "sqnorm"]
 
 WEIGHTINGS = ("sigma2", "likelihood")
 
 
-def _randn(shape, like: torch.Tensor, generator) -> torch.Tensor:
+def draw_normal(shape, like: torch.Tensor, generator) -> torch.Tensor:
     """Standard normals drawn on the generator's device (CPU if none), moved to like's device."""
     dev = generator.device if generator is not None else like.device
     return torch.randn(tuple(shape), generator=generator, dtype=like.dtype, device=dev).to(like.device)
@@ -41,7 +42,7 @@ def _rand(n: int, like: torch.Tensor, generator) -> torch.Tensor:
     return torch.rand(n, generator=generator, dtype=torch.float64, device=dev).to(like.device)
 
 
-def _sqnorm(v: torch.Tensor) -> torch.Tensor:
+def sqnorm(v: torch.Tensor) -> torch.Tensor:
     """Per-example squared norm, shape (N,)."""
     return v.reshape(v.shape[0], -1).pow(2).sum(1)
 
@@ -55,7 +56,7 @@ def _denoising_term(model, sde: SDE, x0, t, z, y, std=None) -> torch.Tensor:
     std = sde.std(t) if std is None else std
     x = broadcast_to(sde.alpha(t), x0) * x0 + broadcast_to(std, x0) * z
     s = _apply(model, x, t, y).to(x0.dtype)
-    return 0.5 * _sqnorm(broadcast_to(std, s) * s + z)
+    return 0.5 * sqnorm(broadcast_to(std, s) * s + z)
 
 
 class Loss:
@@ -96,7 +97,7 @@ class DSMLoss(Loss):
         self.sde, self.sigma, self.t = sde, float(sigma), t
 
     def draw(self, x0, generator=None):
-        return {"z": _randn(x0.shape, x0, generator)}
+        return {"z": draw_normal(x0.shape, x0, generator)}
 
     def per_example(self, model, x0, draws, y=None):
         n = x0.shape[0]
@@ -124,7 +125,7 @@ class NCSNLoss(Loss):
     def draw(self, x0, generator=None):
         dev = generator.device if generator is not None else x0.device
         level = torch.randint(0, self.sde.L, (x0.shape[0],), generator=generator, device=dev).to(x0.device)
-        return {"level": level, "z": _randn(x0.shape, x0, generator)}
+        return {"level": level, "z": draw_normal(x0.shape, x0, generator)}
 
     def per_example(self, model, x0, draws, y=None):
         level = draws["level"]
@@ -200,7 +201,7 @@ class ContinuousDSMLoss(Loss):
             t, q = self.importance.sample(u)
             weight = self.lam_over_std2(t) / (q * (self.sde.T - self.eps))
         return {"t": t.to(device=x0.device, dtype=x0.dtype), "weight": weight.to(device=x0.device, dtype=x0.dtype),
-                "z": _randn(x0.shape, x0, generator)}
+                "z": draw_normal(x0.shape, x0, generator)}
 
     def per_example(self, model, x0, draws, y=None):
         return draws["weight"] * _denoising_term(model, self.sde, x0, draws["t"], draws["z"], y)
@@ -217,7 +218,7 @@ def _sliced_terms(model_fn, x, v, variance_reduction: bool) -> torch.Tensor:
             # grad_x (v . s) = (ds/dx)^T v, per example since examples do not interact
             jv = torch.autograd.grad((s * vp).sum(), x, create_graph=True)[0]
             vjv = (jv * vp).reshape(x.shape[0], -1).sum(1)
-            second = _sqnorm(s) if variance_reduction else (s * vp).reshape(x.shape[0], -1).sum(1) ** 2
+            second = sqnorm(s) if variance_reduction else (s * vp).reshape(x.shape[0], -1).sum(1) ** 2
             total = total + vjv + 0.5 * second
     return total / v.shape[1]
 
@@ -245,8 +246,8 @@ class SSMLoss(Loss):
 
     def draw(self, x0, generator=None):
         u = _rand(x0.shape[0], x0, generator)
-        return {"t": (self.eps + (self.sde.T - self.eps) * u).to(x0.dtype), "z": _randn(x0.shape, x0, generator),
-                "v": _randn((x0.shape[0], self.n_projections) + tuple(x0.shape[1:]), x0, generator)}
+        return {"t": (self.eps + (self.sde.T - self.eps) * u).to(x0.dtype), "z": draw_normal(x0.shape, x0, generator),
+                "v": draw_normal((x0.shape[0], self.n_projections) + tuple(x0.shape[1:]), x0, generator)}
 
     def per_example(self, model, x0, draws, y=None):
         t = draws["t"]
@@ -281,7 +282,7 @@ def ssm_loss(model_fn, x, n_projections: int = 1, variance_reduction: bool = Fal
     """
     if int(n_projections) != n_projections or n_projections < 1:
         raise ValueError(f"n_projections must be an integer >= 1, got {n_projections!r}")
-    v = _randn((x.shape[0], int(n_projections)) + tuple(x.shape[1:]), x, generator)
+    v = draw_normal((x.shape[0], int(n_projections)) + tuple(x.shape[1:]), x, generator)
     return _sliced_terms(model_fn, x, v, variance_reduction).mean()
 
 

@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from .losses import Loss, _randn, _sqnorm
+from .losses import Loss, draw_normal, sqnorm
 from .models import ScoreModel, batch_time
 from .schedules import t_from_sigma
 from .sde import SDE, broadcast_to
@@ -143,7 +143,7 @@ class EDMLoss(Loss):
         sigma = torch.exp(torch.clamp(self.p_mean + self.p_std * n, *self.log_sigma_range))
         t = t_from_sigma(self.sde, sigma)
         return {"t": t.to(device=x0.device, dtype=x0.dtype), "sigma": sigma.to(device=x0.device, dtype=x0.dtype),
-                "z": _randn(x0.shape, x0, generator)}
+                "z": draw_normal(x0.shape, x0, generator)}
 
     def per_example(self, model, x0, draws, y=None):
         t, sigma = draws["t"], draws["sigma"]
@@ -156,4 +156,4 @@ class EDMLoss(Loss):
             s = model(x, t) if y is None else model(x, t, y)
             D = x / alpha + alpha * sig**2 * s.to(x0.dtype)
         weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
-        return 0.5 * weight * _sqnorm(D - x0)
+        return 0.5 * weight * sqnorm(D - x0)

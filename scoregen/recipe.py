@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
@@ -30,7 +29,7 @@ from .samplers import SampleResult, get_sampler
 from .sde import make_sde
 from .train import Normalizer, TrainConfig, Trainer, load_run
 
-__all__ = ["is_point_data", "load_data", "build_sde", "build_model", "train_config", "train_run", "resume_config",
+__all__ = ["is_point_data", "load_data", "build_sde", "build_model", "train_config", "train_run", "resume_config", "run_value_range",
            "load_run_config",
            "sample_run", "CONFIG_NAME"]
 
@@ -105,6 +104,22 @@ def build_model(model_cfg: dict, sde, data_shape) -> ScoreModel:
     if kind == "edm":
         return EDMModel(net, sde, sigma_data=0.5 if sigma_data is None else sigma_data)
     return ScoreModel(net, sde, **wrap)
+
+
+def run_value_range(run_dir, value_range=None) -> tuple[float, float]:
+    """`value_range` if given, else the run's data.value_range (config.yaml), else (0, 1).
+
+    A run made by `train.train()` directly has no config.yaml: its images are in [0, 1].
+    """
+    from .images import parse_value_range
+
+    if value_range is not None:
+        return parse_value_range(value_range)
+    try:
+        vr = (load_run_config(run_dir).get("data") or {}).get("value_range")
+    except FileNotFoundError:
+        vr = None
+    return parse_value_range(vr) if vr is not None else (0.0, 1.0)
 
 
 def train_config(cfg: dict, **changes) -> TrainConfig:

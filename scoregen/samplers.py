@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import ode
-from .sde import SDE, NoiseLadder, SubVPSDE, VESDE, VPSDE, broadcast_to
+from .sde import SDE, NoiseLadder, VESDE, VPSDE, broadcast_to
 from .schedules import LogSNR, NoiseGrid, make_schedule, t_from_sigma
 
 __all__ = [

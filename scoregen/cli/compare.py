@@ -62,9 +62,9 @@ def point_evaluator(name, n: int, seed: int):
 
 def image_evaluator(name, run_dir: Path, data_dir, seed: int):
     from ..image_metrics import evaluate_images
-    from .likelihood import _value_range
+    from ..recipe import run_value_range
 
-    value_range = _value_range(None, run_dir)
+    value_range = run_value_range(run_dir)
     floor = {}
 
     def fn(x):
@@ -155,7 +155,7 @@ def plot(table: dict, metric: str, floor: dict | None, path: Path, title: str) -
 
 def run(args) -> int:
     from ..recipe import is_point_data, load_run_config
-    from .likelihood import _device
+    from .common import parse_device
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -178,7 +178,7 @@ def run(args) -> int:
         metric, evaluate, floor = image_evaluator(data, run_dir, data_dir, args.seed)
     print(f"scoregen compare {run_dir}: {metric} of n={n} samples of {data!r} against NFE")
     table = measure(run_dir, args.samplers, budgets, n, evaluate, seed=args.seed, batch_size=args.batch_size,
-                    device=_device(args.device))
+                    device=parse_device(args.device))
     result = {"run_dir": str(run_dir), "data": str(data), "kind": kind, "metric": metric, "n": n,
               "budgets": budgets, "floor": floor or None, "table": table, "summary": summarize(table, floor or None)}
     out = Path(args.out) if args.out else run_dir

@@ -86,7 +86,8 @@ def draw_samples(run_dir: Path, cfg: dict, args) -> tuple[torch.Tensor, dict]:
     from ..checkpoint import load_checkpoint
     from ..images import unscale_images
     from ..recipe import sample_run
-    from .likelihood import _device, _value_range
+    from ..recipe import run_value_range
+    from .common import parse_device
 
     n = args.n if args.n is not None else 1000
     if n < 2:
@@ -94,7 +95,7 @@ def draw_samples(run_dir: Path, cfg: dict, args) -> tuple[torch.Tensor, dict]:
     sc = cfg.get("sample") or {}
     t0 = time.perf_counter()
     res = sample_run(run_dir, n, args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-                     device=_device(args.device))
+                     device=parse_device(args.device))
     seconds = time.perf_counter() - t0
     steps = args.steps if args.steps is not None else (sc.get("steps") if args.sampler is None else None)
     info = {"sampler": args.sampler or sc.get("sampler", "pc"), "steps": steps, "nfe": int(res.nfe),
@@ -102,7 +103,7 @@ def draw_samples(run_dir: Path, cfg: dict, args) -> tuple[torch.Tensor, dict]:
     if not torch.isfinite(res.samples).all():
         raise ValueError(f"the {info['sampler']} sampler diverged (non-finite samples); try more --steps "
                          "or another --sampler")
-    return unscale_images(res.samples, _value_range(None, run_dir)), info
+    return unscale_images(res.samples, run_value_range(run_dir)), info
 
 
 def summary_lines(r: dict) -> list[str]:

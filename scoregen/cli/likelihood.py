@@ -116,32 +116,6 @@ def summarize(nll, nfe, seconds, bpd=None) -> dict:
 
 
 # --- the command -------------------------------------------------------------------------------
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda[:i]") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
-    return dev
-
-
-def _value_range(arg, run_dir: Path):
-    """--value-range, else the run's config.yaml (data.value_range), else (0, 1)."""
-    from ..images import parse_value_range
-    from ..recipe import load_run_config
-
-    if arg is not None:
-        return parse_value_range(arg)
-    try:
-        vr = (load_run_config(run_dir).get("data") or {}).get("value_range")
-    except FileNotFoundError:  # a run made by train.train() directly has no config.yaml
-        vr = None
-    return parse_value_range(vr) if vr is not None else (0.0, 1.0)
-
-
 def _options(args) -> dict:
     for name in ("rtol", "atol"):
         if not getattr(args, name) > 0:
@@ -158,8 +132,9 @@ def _options(args) -> dict:
 
 def run(args) -> int:
     from ..images import load_images
-    from ..recipe import is_point_data
+    from ..recipe import is_point_data, run_value_range
     from ..train import load_run
+    from .common import parse_device
 
     run_dir = Path(args.run_dir)
     if not run_dir.exists():
@@ -169,7 +144,7 @@ def run(args) -> int:
         if args.threads < 0:
             raise ValueError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
-    device, dtype = _device(args.device), getattr(torch, args.dtype)
+    device, dtype = parse_device(args.device), getattr(torch, args.dtype)
     model, sde, normalizer, meta = load_run(run_dir, device=device)
     model = model.to(dtype)
     score_fn = model.score_fn()
@@ -180,7 +155,7 @@ def run(args) -> int:
     data_shape = list(meta["data_shape"][1:])
     t0 = time.perf_counter()
     if is_image:
-        value_range = _value_range(args.value_range, run_dir)
+        value_range = run_value_range(run_dir, args.value_range)
         x01, _ = load_images(args.data, args.split, data_dir=args.data_dir, limit=args.n)
         levels = _LEVELS.get(key, 256)
         pixels = torch.round(x01 * (levels - 1)).to(torch.int16).to(device)
