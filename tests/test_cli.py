@@ -72,3 +72,20 @@ def test_unknown_sampler_and_corrupt_checkpoint(run_dir, tmp_path, capsys):
     (broken / "checkpoint.pt").write_bytes((run_dir / "checkpoint.pt").read_bytes()[:1000])
     assert main(["sample", str(broken)]) == 2
     assert "checkpoint" in capsys.readouterr().err
+
+
+
+def test_key_values_may_follow_options(run_dir, tmp_path, capsys):
+    """`sample RUN --steps 3 snr=0.05` applies snr like `sample RUN snr=0.05 --steps 3`; strays still fail."""
+    def draw(name, first, last):
+        out = tmp_path / f"{name}.npy"
+        assert main(["sample", str(run_dir), *first, "--n", "32", "--sampler", "pc", "--steps", "3",
+                     "--out", str(out), *last]) == 0
+        return np.load(out)
+
+    before = draw("before", ["snr=0.05"], [])
+    np.testing.assert_array_equal(draw("after", [], ["snr=0.05"]), before)
+    assert not np.array_equal(draw("default", [], []), before)  # the option did change the draw
+    with pytest.raises(SystemExit):
+        main(["sample", str(run_dir), "--steps", "3", "snr=0.05", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -38,9 +38,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: the positional KEY=VALUE lists of the commands (train/demo: config overrides, sample: sampler options)
+KEY_VALUE_DESTS = ("overrides", "options")
+
+
+def _intermix_key_values(parser, args, extra):
+    """KEY=VALUE arguments given after an option (`--no-progress train.lr=1e-3`) join the command's list.
+
+    argparse hands a positional list only the arguments before the first option; the rest would be
+    'unrecognized'. Anything else left over is still an error.
+    """
+    dest = next((d for d in KEY_VALUE_DESTS if isinstance(getattr(args, d, None), list)), None)
+    bad = [a for a in extra if dest is None or a.startswith("-") or "=" not in a]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        getattr(args, dest).extend(extra)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    _intermix_key_values(parser, args, extra)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
