@@ -29,9 +29,8 @@ from .samplers import SampleResult, get_sampler
 from .sde import make_sde
 from .train import Normalizer, TrainConfig, Trainer, load_run
 
-__all__ = ["is_point_data", "load_data", "build_sde", "build_model", "train_config", "train_run", "resume_config", "run_value_range",
-           "load_run_config",
-           "sample_run", "CONFIG_NAME"]
+__all__ = ["is_point_data", "load_data", "build_sde", "build_model", "train_config", "train_run", "resume_config",
+           "run_value_range", "load_run_config", "sample_run", "CONFIG_NAME"]
 
 CONFIG_NAME = "config.yaml"
 
@@ -186,14 +185,10 @@ def train_run(cfg: dict, run_dir, *, resume: bool = True, overrides=None, callba
     """
     run_dir = Path(run_dir)
     if resume and (run_dir / CONFIG_NAME).exists():
-        saved = load_run_config(run_dir)
-        if overrides is not None:
-            cfg = resume_config(saved, overrides)
-        else:
+        if overrides is None:
             steps = cfg.get("train", {}).get("steps")
-            cfg = saved
-            if steps is not None:
-                cfg["train"]["steps"] = steps
+            overrides = [] if steps is None else [f"train.steps={steps}"]
+        cfg = resume_config(load_run_config(run_dir), overrides)
     x, labels = load_data(cfg["data"])
     tc = train_config(cfg, progress=progress)
     normalizer = Normalizer.fit(x) if tc.normalize else Normalizer()

@@ -74,7 +74,6 @@ def test_unknown_sampler_and_corrupt_checkpoint(run_dir, tmp_path, capsys):
     assert "checkpoint" in capsys.readouterr().err
 
 
-
 def test_key_values_may_follow_options(run_dir, tmp_path, capsys):
     """`sample RUN --steps 3 snr=0.05` applies snr like `sample RUN snr=0.05 --steps 3`; strays still fail."""
     def draw(name, first, last):

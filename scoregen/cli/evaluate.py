@@ -85,8 +85,7 @@ def draw_samples(run_dir: Path, cfg: dict, args) -> tuple[torch.Tensor, dict]:
     """(images in [0, 1], {"sampler", "steps", "nfe", "seconds", "train_step"}) drawn from the run."""
     from ..checkpoint import load_checkpoint
     from ..images import unscale_images
-    from ..recipe import sample_run
-    from ..recipe import run_value_range
+    from ..recipe import run_value_range, sample_run
     from .common import parse_device
 
     n = args.n if args.n is not None else 1000

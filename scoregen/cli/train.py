@@ -86,7 +86,7 @@ def sample_callback(run_dir, **preview):
     RUN_DIR/loss.png brought up to date, so a run stopped early still has its loss curve."""
     from scoregen import plots
     from scoregen.images import unscale_images
-    from scoregen.recipe import load_run_config
+    from scoregen.recipe import run_value_range
 
     opts = {**PREVIEW, **preview}
     run_dir = Path(run_dir)
@@ -100,8 +100,7 @@ def sample_callback(run_dir, **preview):
             ref = trainer.normalizer.inverse(trainer.data[:opts["points"]]).cpu()
             plots.scatter_panels({f"step {step}": x}, path, reference=ref)
         else:  # train_run wrote config.yaml before the first step: the run's own value range
-            value_range = (load_run_config(run_dir).get("data") or {}).get("value_range") or (0, 1)
-            plots.image_grid(unscale_images(x, value_range), path)
+            plots.image_grid(unscale_images(x, run_value_range(run_dir)), path)
         plots.loss_curve(trainer.loss_history, run_dir / "loss.png")
 
     return callback
@@ -129,22 +128,16 @@ def resolve_overrides(args) -> list[str]:
     return overrides + list(args.overrides)
 
 
-def resolve_config(args) -> dict:
-    """Preset (or file) + flags + KEY=VALUE overrides, checked."""
-    from scoregen import config as C
-
-    return C.load_config(args.config or default_config(args.data), resolve_overrides(args))
-
-
 def run(args):
+    from scoregen import config as C
     from scoregen import plots
     from scoregen.recipe import train_run
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = resolve_config(args)
-    trainer = train_run(cfg, args.out, resume=not args.fresh, overrides=resolve_overrides(args),
-                        progress=not args.no_progress,
+    overrides = resolve_overrides(args)
+    cfg = C.load_config(args.config or default_config(args.data), overrides)  # checked even when resuming
+    trainer = train_run(cfg, args.out, resume=not args.fresh, overrides=overrides, progress=not args.no_progress,
                         callback=sample_callback(args.out))
     out = Path(args.out)
     hist = trainer.loss_history
