@@ -8,9 +8,11 @@ model (the `mnist` preset's seed U-Net, identical initial weights), batch and lo
 
 and Adam with the preset's learning rate (foreach, as in the trainer). The bare loop stops there;
 the trainer adds what it is for: a seeded generator for every draw, the EMA update, the gradient
-norm, loss bookkeeping. The data are synthetic 28x28 images (throughput does not depend on their content).
-Each measurement is `--steps` steps after `--warmup`, repeated `--repeats` times in alternation
-(medians reported), so that the load of a shared machine falls on both alike.
+norm, loss bookkeeping. A third loop is the trainer with train.amp=true (bf16 autocast, fp32
+weights), whose speed-up depends on the hardware's bf16 support. The data are synthetic 28x28
+images (throughput does not depend on their content). Each measurement is `--steps` steps after
+`--warmup`, repeated `--repeats` times in alternation (medians reported), so that the load of a
+shared machine falls on all alike.
 
     python benchmarks/images.py [--device cpu|cuda] [--threads 1] [--batch-size 32] [--steps 30]
 
@@ -96,7 +98,9 @@ def throughput(a) -> dict:
     eps = float(cfg["loss"].get("eps", sde.eps))
     loops = {"bare": bare_loop(copy.deepcopy(model).to(device), data.to(device), a.batch_size,
                                cfg["train"]["lr"], eps, device),
-             "trainer": trainer_loop(copy.deepcopy(model), data, cfg, device)}
+             "trainer": trainer_loop(copy.deepcopy(model), data, cfg, device),
+             "trainer+amp": trainer_loop(copy.deepcopy(model), data, C.apply_overrides(cfg, ["train.amp=true"]),
+                                         device)}
     for step in loops.values():
         step(a.warmup)
     rates = {k: [] for k in loops}
@@ -111,10 +115,12 @@ def throughput(a) -> dict:
     print(f"model: {cfg['model']['net']} {cfg['model']['channels']}, {params / 1e6:.2f} M parameters; "
           f"batch {a.batch_size}; {a.steps} steps x {a.repeats} after {a.warmup} warm-up; device {device}")
     for k in loops:
-        print(f"  {k:8s} {med[k]:8.1f} images/s   (runs: {', '.join(f'{r:.1f}' for r in rates[k])})")
+        print(f"  {k:11s} {med[k]:8.1f} images/s   (runs: {', '.join(f'{r:.1f}' for r in rates[k])})")
+    amp_speedup = statistics.median(m / t for m, t in zip(rates["trainer+amp"], rates["trainer"]))
     print(f"  trainer overhead: {overhead:+.1f}% time per step (median over the {a.repeats} adjacent pairs)")
+    print(f"  bf16 autocast (train.amp=true): {amp_speedup:.2f}x the trainer's fp32 throughput")
     return {"device": str(device), "batch_size": a.batch_size, "params": params, "rates": rates,
-            "median_images_per_s": med, "overhead_percent": overhead}
+            "median_images_per_s": med, "overhead_percent": overhead, "amp_speedup": amp_speedup}
 
 
 # --- quality of a finished run -----------------------------------------------------------------

@@ -95,6 +95,24 @@ def test_lr_cools_down_to_zero_after_decay_start(decay):
     assert early.lr_at(4) == 1.0 and early.lr_at(7) == pytest.approx(0.6)  # u = (7 - 5) / 5
 
 
+def test_amp_runs_the_forward_in_bf16_and_keeps_fp32_weights():
+    """amp = bf16 autocast on the CPU too: layers compute in bf16, parameters and Adam stay fp32, and
+    the loss differs from fp32's only by bf16 rounding (8-bit mantissa: relative 2^-8 per rounding;
+    the loss passes through a few roundings, so 2^-5 bounds it)."""
+    losses = {}
+    for amp in (False, True):
+        trainer = Trainer(tiny_model(), DATA, quiet(steps=1, amp=amp, seed=3))
+        dtypes = []
+        first = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Linear))
+        first.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+        losses[amp] = float(trainer.train_step())
+        assert set(dtypes) == {torch.bfloat16 if amp else torch.float32}
+        assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+        assert all(s["exp_avg"].dtype == torch.float32 for s in trainer.optimizer.state.values())
+    assert losses[True] == pytest.approx(losses[False], rel=2 ** -5)
+    assert losses[True] != losses[False]
+
+
 def test_lr_decay_is_checked():
     with pytest.raises(ValueError, match="lr_decay must be one of .*'step'"):
         quiet(lr_decay="step")
