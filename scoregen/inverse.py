@@ -49,7 +49,7 @@ import torch
 
 from .distributions import GaussianMixture
 from .operators import LinearOperator, check_mask
-from .samplers import _langevin_corrector, _reverse_diffusion_step, _Run, time_grid
+from .samplers import SamplerRun, langevin_corrector, reverse_diffusion_step, time_grid
 from .sde import SDE, broadcast_to
 
 __all__ = ["impute", "repaint_schedule", "posterior_score", "dps_score", "pigdm_score", "dps", "sdedit",
@@ -120,7 +120,7 @@ def impute(score_fn, sde: SDE, x, *, observed, mask, steps: int = 500, snr: floa
     m = check_mask(m, shape).to(dtype=x.dtype, device=x.device)
     ts = time_grid(sde, steps, eps)
     path = repaint_schedule(steps, resample, jump)
-    run = _Run(score_fn, x, generator, return_trajectory, progress, "impute")
+    run = SamplerRun(score_fn, x, generator, return_trajectory, progress, "impute")
 
     def replace(x, t, last=False):
         known = y if last else sde.perturb(y, _tvec(t, x), run.noise(x))
@@ -137,8 +137,8 @@ def impute(score_fn, sde: SDE, x, *, observed, mask, steps: int = 500, snr: floa
             continue
         last = b == steps
         if corrector == "langevin":
-            x = replace(_langevin_corrector(run, sde, x, t, t_next, snr, corrector_steps), t)
-        x = _reverse_diffusion_step(run, sde, x, t, t_next, last, denoise)
+            x = replace(langevin_corrector(run, sde, x, t, t_next, snr, corrector_steps), t)
+        x = reverse_diffusion_step(run, sde, x, t, t_next, last, denoise)
         x = replace(x, t_next, last)
         run.keep(x, t_next)
     return run.result(x, sde.T)
@@ -250,7 +250,7 @@ def pigdm_score(score_fn, sde: SDE, operator: LinearOperator, y, sigma_y: float,
 
 
 class _GivenScore:
-    """Stands in for a sampler's _Run inside one step whose score was computed outside (with gradients)."""
+    """Stands in for a SamplerRun inside one step whose score was computed outside (with gradients)."""
 
     def __init__(self, run, s):
         self.run, self.s = run, s
@@ -276,7 +276,7 @@ def dps(score_fn, sde: SDE, x, *, operator: LinearOperator, y, steps: int = 1000
     if not (isinstance(zeta, (int, float)) and zeta >= 0):
         raise ValueError(f"zeta must be a number >= 0, got {zeta!r}")
     ts = time_grid(sde, steps, eps)
-    run = _Run(score_fn, x, generator, return_trajectory, progress, "dps")
+    run = SamplerRun(score_fn, x, generator, return_trajectory, progress, "dps")
     obs = _obs_like(yy, x)
     for i in run.iterate(steps):
         t, t_next, last = ts[i], ts[i + 1], i == steps - 1
@@ -286,7 +286,7 @@ def dps(score_fn, sde: SDE, x, *, operator: LinearOperator, y, steps: int = 1000
             x0 = sde.tweedie_denoise(xg, _tvec(t, x), s)
             norm = (obs - operator(x0)).reshape(x.shape[0], -1).norm(dim=1).sum()
             (grad,) = torch.autograd.grad(norm, xg)
-        x_new = _reverse_diffusion_step(_GivenScore(run, s.detach()), sde, x, t, t_next, last, denoise)
+        x_new = reverse_diffusion_step(_GivenScore(run, s.detach()), sde, x, t, t_next, last, denoise)
         x = (x_new - zeta * grad).detach()
         run.keep(x, t_next)
     return run.result(x, sde.T)
@@ -311,12 +311,12 @@ def sdedit(score_fn, sde: SDE, x_input, *, t0: float, steps: int = 500, correcto
     noise = torch.randn(x_input.shape, generator=generator, dtype=x_input.dtype, device=x_input.device)
     x = sde.perturb(x_input, _tvec(t0, x_input), noise)
     ts = torch.linspace(float(t0), eps, int(steps) + 1, dtype=torch.float64)
-    run = _Run(score_fn, x, generator, return_trajectory, progress, "sdedit")
+    run = SamplerRun(score_fn, x, generator, return_trajectory, progress, "sdedit")
     for i in run.iterate(steps):
         t, t_next, last = ts[i], ts[i + 1], i == steps - 1
         if corrector == "langevin":
-            x = _langevin_corrector(run, sde, x, t, t_next, snr, corrector_steps)
-        x = _reverse_diffusion_step(run, sde, x, t, t_next, last, denoise)
+            x = langevin_corrector(run, sde, x, t, t_next, snr, corrector_steps)
+        x = reverse_diffusion_step(run, sde, x, t, t_next, last, denoise)
         run.keep(x, t_next)
     return run.result(x, float(t0))
 

@@ -28,6 +28,8 @@ __all__ = [
     "langevin", "annealed_langevin", "euler_maruyama", "reverse_diffusion", "ancestral",
     "predictor_corrector", "probability_flow", "ald_step_size", "sampler_names",
     "ddim", "dpm_solver_2m", "dpm_solver_2s", "dpm_solver_3m", "edm_heun", "steps_for_nfe",
+    # building blocks for samplers written elsewhere (inverse.py's imputation, DPS, SDEdit)
+    "SamplerRun", "langevin_corrector", "reverse_diffusion_step",
 ]
 
 
@@ -43,7 +45,7 @@ class SamplerNotApplicable(ValueError):
     """The sampler does not apply to the given forward process."""
 
 
-class _Run:
+class SamplerRun:
     """Bookkeeping shared by every sampler: NFE, noise draws, trajectory and progress bar."""
 
     def __init__(self, score_fn, x, generator, record, progress, desc):
@@ -94,7 +96,7 @@ def langevin(score_fn, sde: SDE, x, *, steps: int = 1000, t: float | None = None
     what annealing fixes.
     """
     t = sde.eps if t is None else float(t)
-    run = _Run(score_fn, x, generator, return_trajectory, progress, "langevin")
+    run = SamplerRun(score_fn, x, generator, return_trajectory, progress, "langevin")
     for _ in run.iterate(steps):
         s, z = run.score(x, t), run.noise(x)
         e = _snr_step(s, z, snr) if step_size is None else step_size
@@ -164,7 +166,7 @@ def annealed_langevin(score_fn, sde: SDE, x, *, steps: int = 40, levels: int = 5
     if step_size is None:
         gamma = float((sigmas[:-1] / sigmas[1:]).mean())
         step_size = ald_step_size(gamma, float(sigmas[-1]), steps)
-    run = _Run(score_fn, x, generator, return_trajectory, progress, "annealed langevin")
+    run = SamplerRun(score_fn, x, generator, return_trajectory, progress, "annealed langevin")
     sig_L2 = float(sigmas[-1]) ** 2
     for i in run.iterate(len(sigmas)):
         a = step_size * float(sigmas[i]) ** 2 / sig_L2
@@ -186,7 +188,7 @@ def euler_maruyama(score_fn, sde: SDE, x, *, steps: int = 1000, eps: float | Non
     The last step adds no noise (`denoise`), as in Score-SDE.
     """
     ts = time_grid(sde, steps, eps)
-    run = _Run(score_fn, x, generator, return_trajectory, progress, "euler-maruyama")
+    run = SamplerRun(score_fn, x, generator, return_trajectory, progress, "euler-maruyama")
     for i in run.iterate(steps):
         t, dt = ts[i], float(ts[i + 1] - ts[i])
         tv = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
@@ -198,7 +200,7 @@ def euler_maruyama(score_fn, sde: SDE, x, *, steps: int = 1000, eps: float | Non
     return run.result(x, sde.T)
 
 
-def _reverse_diffusion_step(run, sde, x, t, t_next, last, denoise):
+def reverse_diffusion_step(run, sde, x, t, t_next, last, denoise):
     """x_{i-1} = x_i - f_i(x_i) + G_i^2 s(x_i, t_i) + G_i z, with the exact kernel (a, G) of
     x(t_i) | x(t_{i-1}) and f_i(x) = (a - 1) x (Song et al. 2021, eq. 46)."""
     tv = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
@@ -213,9 +215,9 @@ def reverse_diffusion(score_fn, sde: SDE, x, *, steps: int = 1000, eps: float | 
     """The reverse-diffusion predictor of Score-SDE: the reverse of the forward process's own
     discretization, x_{i-1} = x_i - f_i(x_i) + G_i^2 s(x_i, t_i) + G_i z."""
     ts = time_grid(sde, steps, eps)
-    run = _Run(score_fn, x, generator, return_trajectory, progress, "reverse diffusion")
+    run = SamplerRun(score_fn, x, generator, return_trajectory, progress, "reverse diffusion")
     for i in run.iterate(steps):
-        x = _reverse_diffusion_step(run, sde, x, ts[i], ts[i + 1], i == steps - 1, denoise)
+        x = reverse_diffusion_step(run, sde, x, ts[i], ts[i + 1], i == steps - 1, denoise)
         run.keep(x, ts[i + 1])
     return run.result(x, sde.T)
 
@@ -253,7 +255,7 @@ def ancestral(score_fn, sde: SDE, x, *, steps: int = 1000, eps: float | None = N
     _check_ancestral(sde)
     ts = sde.times if isinstance(sde, NoiseLadder) else time_grid(sde, steps, eps)
     n = len(ts) - 1
-    run = _Run(score_fn, x, generator, return_trajectory, progress, "ancestral")
+    run = SamplerRun(score_fn, x, generator, return_trajectory, progress, "ancestral")
     for i in run.iterate(n):
         x = _ancestral_step(run, sde, x, ts[i], ts[i + 1], i == n - 1, denoise)
         run.keep(x, ts[i + 1])
@@ -261,7 +263,7 @@ def ancestral(score_fn, sde: SDE, x, *, steps: int = 1000, eps: float | None = N
 
 
 # --- predictor-corrector ------------------------------------------------------------------
-def _langevin_corrector(run, sde, x, t, t_next, snr, n_steps):
+def langevin_corrector(run, sde, x, t, t_next, snr, n_steps):
     """Langevin corrector with the step from a target signal-to-noise ratio (Score-SDE Alg. 4/5):
     e = 2 a (snr ||z|| / ||s||)^2 with a = (alpha(t_next)/alpha(t))^2 for VP-type, 1 for VE."""
     tv = torch.full((1,), float(t), dtype=torch.float64)
@@ -273,7 +275,7 @@ def _langevin_corrector(run, sde, x, t, t_next, snr, n_steps):
     return x
 
 
-_PREDICTORS = {"reverse_diffusion": _reverse_diffusion_step, "ancestral": _ancestral_step}
+_PREDICTORS = {"reverse_diffusion": reverse_diffusion_step, "ancestral": _ancestral_step}
 
 
 def predictor_corrector(score_fn, sde: SDE, x, *, steps: int = 500, predictor: str = "reverse_diffusion",
@@ -289,11 +291,11 @@ def predictor_corrector(score_fn, sde: SDE, x, *, steps: int = 500, predictor: s
     if predictor == "ancestral":
         _check_ancestral(sde)
     ts = time_grid(sde, steps, eps)
-    run = _Run(score_fn, x, generator, return_trajectory, progress, "predictor-corrector")
+    run = SamplerRun(score_fn, x, generator, return_trajectory, progress, "predictor-corrector")
     for i in run.iterate(steps):
         t, t_next, last = ts[i], ts[i + 1], i == steps - 1
         if corrector == "langevin":
-            x = _langevin_corrector(run, sde, x, t, t_next, snr, corrector_steps)
+            x = langevin_corrector(run, sde, x, t, t_next, snr, corrector_steps)
         if predictor == "euler_maruyama":
             tv = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
             dt = float(t_next - t)
@@ -384,7 +386,7 @@ def ddim(score_fn, sde: SDE, x, *, steps: int = 50, eta: float = 0.0, schedule="
     if not (isinstance(eta, (int, float)) and 0.0 <= eta <= 1.0):
         raise ValueError(f"eta must be a number in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {eta!r}")
     grid = _fast_grid(sde, steps, schedule, eps)
-    run = _Run(score_fn, x, generator, return_trajectory, progress, "ddim")
+    run = SamplerRun(score_fn, x, generator, return_trajectory, progress, "ddim")
     for i in run.iterate(grid.steps):
         x0, e = _predict(run, x, grid, i)
         std_n = float(grid.std[i + 1])
@@ -464,7 +466,7 @@ def dpm_solver_2m(score_fn, sde: SDE, x, *, steps: int = 20, schedule=DPM_SCHEDU
     too with `lower_order_final`. K steps, K evaluations (+1 with `denoise`).
     """
     grid = _fast_grid(sde, steps, schedule, eps)
-    run = _Run(score_fn, x, generator, return_trajectory, progress, "dpm-solver++(2m)")
+    run = SamplerRun(score_fn, x, generator, return_trajectory, progress, "dpm-solver++(2m)")
     return _fast_result(run, _dpm_multistep(run, x, grid, 2, lower_order_final), grid, denoise)
 
 
@@ -476,7 +478,7 @@ def dpm_solver_3m(score_fn, sde: SDE, x, *, steps: int = 20, schedule=DPM_SCHEDU
     `lower_order_final`. K steps, K evaluations (+1 with `denoise`).
     """
     grid = _fast_grid(sde, steps, schedule, eps)
-    run = _Run(score_fn, x, generator, return_trajectory, progress, "dpm-solver++(3m)")
+    run = SamplerRun(score_fn, x, generator, return_trajectory, progress, "dpm-solver++(3m)")
     return _fast_result(run, _dpm_multistep(run, x, grid, 3, lower_order_final), grid, denoise)
 
 
@@ -505,7 +507,7 @@ def dpm_solver_2s(score_fn, sde: SDE, x, *, steps: int = 10, schedule=DPM_SCHEDU
     """
     grid = _fast_grid(sde, steps, schedule, eps)
     mid = _midpoint_levels(sde, grid)
-    run = _Run(score_fn, x, generator, return_trajectory, progress, "dpm-solver++(2s)")
+    run = SamplerRun(score_fn, x, generator, return_trajectory, progress, "dpm-solver++(2s)")
     for i in run.iterate(grid.steps):
         x = _dpm_2s_step(run, x, grid, mid, i, _predict(run, x, grid, i)[0])
         run.keep(x, grid.t[i + 1])
@@ -535,7 +537,7 @@ def edm_heun(score_fn, sde: SDE, x, *, steps: int = 10, schedule="uniform_t", fi
         raise ValueError(f"s_noise must be a number >= 0, got {s_noise!r}")
     grid = _fast_grid(sde, steps, schedule, eps)
     gamma_max = min(churn / grid.steps, math.sqrt(2) - 1)
-    run = _Run(score_fn, x, generator, return_trajectory, progress, "edm heun")
+    run = SamplerRun(score_fn, x, generator, return_trajectory, progress, "edm heun")
     xh = x / float(grid.alpha[0])
     for i in run.iterate(grid.steps):
         sig, sig_n = float(grid.sigma[i]), float(grid.sigma[i + 1])
