@@ -99,6 +99,7 @@ def repaint_schedule(steps: int, resample: int = 1, jump: int = 1) -> list[int]:
     return path
 
 
+@torch.no_grad()
 def impute(score_fn, sde: SDE, x, *, observed, mask, steps: int = 500, snr: float = 0.16,
            corrector: str = "langevin", corrector_steps: int = 1, resample: int = 1, jump: int = 1,
            eps: float | None = None, denoise: bool = True, generator=None, return_trajectory=False,
@@ -262,6 +263,7 @@ class _GivenScore:
         return self.run.noise(x)
 
 
+@torch.no_grad()
 def dps(score_fn, sde: SDE, x, *, operator: LinearOperator, y, steps: int = 1000, zeta: float = 1.0,
         eps: float | None = None, denoise: bool = True, generator=None, return_trajectory=False, progress=False):
     """Diffusion posterior sampling (Chung et al. 2023, Algorithm 1, as in their code):
@@ -293,6 +295,7 @@ def dps(score_fn, sde: SDE, x, *, operator: LinearOperator, y, steps: int = 1000
 
 
 # --- SDEdit ------------------------------------------------------------------------------------
+@torch.no_grad()
 def sdedit(score_fn, sde: SDE, x_input, *, t0: float, steps: int = 500, corrector: str = "none", snr: float = 0.16,
            corrector_steps: int = 1, eps: float | None = None, denoise: bool = True, generator=None,
            return_trajectory=False, progress=False):

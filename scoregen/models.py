@@ -78,8 +78,8 @@ class ScoreModel(nn.Module):
     def score_fn(self, y=None):
         """The plain function (x, t) -> score of the sampler contract, for label y (int, (N,) tensor or None).
 
-        Gradients are not switched off (likelihoods differentiate through it); wrap calls in
-        torch.no_grad() to sample.
+        Gradients are not switched off (likelihoods differentiate through it); every sampler runs
+        under torch.no_grad(), and guidance that needs gradients enables them inside its score_fn.
         """
 
         def fn(x, t):

@@ -85,6 +85,7 @@ def time_grid(sde: SDE, steps: int, eps: float | None = None) -> torch.Tensor:
 
 
 # --- Langevin dynamics -------------------------------------------------------------------
+@torch.no_grad()
 def langevin(score_fn, sde: SDE, x, *, steps: int = 1000, t: float | None = None, step_size: float | None = None,
              snr: float = 0.1, generator=None, return_trajectory=False, progress=False) -> SampleResult:
     """Unadjusted Langevin dynamics at one noise level t (default sde.eps) (seed 000 section 3):
@@ -151,6 +152,7 @@ def _levels(sde: SDE, levels: int, eps: float | None):
     return sigmas, sde.t_from_std(sigmas)
 
 
+@torch.no_grad()
 def annealed_langevin(score_fn, sde: SDE, x, *, steps: int = 40, levels: int = 50, step_size: float | None = None,
                       eps: float | None = None, denoise: bool = True, generator=None, return_trajectory=False,
                       progress=False) -> SampleResult:
@@ -180,6 +182,7 @@ def annealed_langevin(score_fn, sde: SDE, x, *, steps: int = 40, levels: int = 5
 
 
 # --- reverse-time SDE ---------------------------------------------------------------------
+@torch.no_grad()
 def euler_maruyama(score_fn, sde: SDE, x, *, steps: int = 1000, eps: float | None = None, denoise: bool = True,
                    generator=None, return_trajectory=False, progress=False) -> SampleResult:
     """Euler–Maruyama on the reverse SDE dx = [f - g^2 s] dt + g dw_bar, from T to eps:
@@ -210,6 +213,7 @@ def reverse_diffusion_step(run, sde, x, t, t_next, last, denoise):
     return x_mean if (last and denoise) else x_mean + G * run.noise(x)
 
 
+@torch.no_grad()
 def reverse_diffusion(score_fn, sde: SDE, x, *, steps: int = 1000, eps: float | None = None, denoise: bool = True,
                       generator=None, return_trajectory=False, progress=False) -> SampleResult:
     """The reverse-diffusion predictor of Score-SDE: the reverse of the forward process's own
@@ -249,6 +253,7 @@ def _check_ancestral(sde):
             "use 'reverse_diffusion', 'euler_maruyama', 'pc' or 'ode' instead")
 
 
+@torch.no_grad()
 def ancestral(score_fn, sde: SDE, x, *, steps: int = 1000, eps: float | None = None, denoise: bool = True,
               generator=None, return_trajectory=False, progress=False) -> SampleResult:
     """Ancestral sampling (SMLD for VE, DDPM for VP); on a NoiseLadder it walks the L levels."""
@@ -278,6 +283,7 @@ def langevin_corrector(run, sde, x, t, t_next, snr, n_steps):
 _PREDICTORS = {"reverse_diffusion": reverse_diffusion_step, "ancestral": _ancestral_step}
 
 
+@torch.no_grad()
 def predictor_corrector(score_fn, sde: SDE, x, *, steps: int = 500, predictor: str = "reverse_diffusion",
                         corrector: str = "langevin", snr: float = 0.16, corrector_steps: int = 1,
                         eps: float | None = None, denoise: bool = True, generator=None, return_trajectory=False,
@@ -309,6 +315,7 @@ def predictor_corrector(score_fn, sde: SDE, x, *, steps: int = 500, predictor: s
 
 
 # --- probability-flow ODE -----------------------------------------------------------------
+@torch.no_grad()
 def probability_flow(score_fn, sde: SDE, x, *, steps: int | None = None, method: str = "rk45", rtol: float = 1e-5,
                      atol: float = 1e-5, eps: float | None = None, denoise: bool = False, generator=None,
                      return_trajectory=False, progress=False) -> SampleResult:
@@ -373,6 +380,7 @@ def _fast_result(run, x, grid: NoiseGrid, denoise: bool) -> SampleResult:
     return run.result(x, float(grid.t[0]))
 
 
+@torch.no_grad()
 def ddim(score_fn, sde: SDE, x, *, steps: int = 50, eta: float = 0.0, schedule="uniform_t", eps: float | None = None,
          denoise: bool = False, generator=None, return_trajectory=False, progress=False) -> SampleResult:
     """DDIM (Song, Meng, Ermon 2021, eq. 12) for any linear process, from level t to the next s < t:
@@ -458,6 +466,7 @@ def _dpm_multistep(run, x, grid: NoiseGrid, order: int, lower_order_final: bool)
     return x
 
 
+@torch.no_grad()
 def dpm_solver_2m(score_fn, sde: SDE, x, *, steps: int = 20, schedule=DPM_SCHEDULE, lower_order_final: bool = True,
                   eps: float | None = None, denoise: bool = False, generator=None, return_trajectory=False,
                   progress=False) -> SampleResult:
@@ -470,6 +479,7 @@ def dpm_solver_2m(score_fn, sde: SDE, x, *, steps: int = 20, schedule=DPM_SCHEDU
     return _fast_result(run, _dpm_multistep(run, x, grid, 2, lower_order_final), grid, denoise)
 
 
+@torch.no_grad()
 def dpm_solver_3m(score_fn, sde: SDE, x, *, steps: int = 20, schedule=DPM_SCHEDULE, lower_order_final: bool = True,
                   eps: float | None = None, denoise: bool = False, generator=None, return_trajectory=False,
                   progress=False) -> SampleResult:
@@ -495,6 +505,7 @@ def _dpm_2s_step(run, x, grid: NoiseGrid, mid: NoiseGrid, i: int, m):
     return _dpm_update(x, grid, i, _predict(run, u, mid, i)[0])
 
 
+@torch.no_grad()
 def dpm_solver_2s(score_fn, sde: SDE, x, *, steps: int = 10, schedule=DPM_SCHEDULE, eps: float | None = None,
                   denoise: bool = False, generator=None, return_trajectory=False, progress=False) -> SampleResult:
     """DPM-Solver++(2S) (Lu et al. 2022b, Algorithm 1 with r = 1/2): second-order singlestep. From x_i,
@@ -514,6 +525,7 @@ def dpm_solver_2s(score_fn, sde: SDE, x, *, steps: int = 10, schedule=DPM_SCHEDU
     return _fast_result(run, x, grid, denoise)
 
 
+@torch.no_grad()
 def edm_heun(score_fn, sde: SDE, x, *, steps: int = 10, schedule="uniform_t", final_euler: bool = True,
              churn: float = 0.0, churn_range: tuple = (0.0, math.inf), s_noise: float = 1.0, eps: float | None = None,
              denoise: bool = False, generator=None, return_trajectory=False, progress=False) -> SampleResult:
