@@ -49,18 +49,16 @@ import torch
 
 from .distributions import GaussianMixture
 from .operators import LinearOperator, check_mask
-from .samplers import SamplerRun, langevin_corrector, reverse_diffusion_step, time_grid
+from .samplers import SamplerRun, langevin_corrector_step, reverse_diffusion_step
+from .schedules import NoiseGrid, make_grid
 from .sde import SDE, broadcast_to
+from .util import ScoreFn, check_eps, check_number, check_positive_int, choose_one_of, time_vector
 
 __all__ = ["impute", "repaint_schedule", "posterior_score", "dps_score", "pigdm_score", "dps", "sdedit",
            "mixture_posterior", "mixture_conditional"]
 
 
 # --- helpers -----------------------------------------------------------------------------------
-def _tvec(t, x):
-    return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
-
-
 def _check_observed(observed, x: torch.Tensor, what: str = "observation") -> torch.Tensor:
     """The observation as a tensor like x: (N, *ex) or one example (*ex), broadcast to the batch."""
     y = torch.as_tensor(observed).to(dtype=x.dtype, device=x.device)
@@ -75,8 +73,26 @@ def _check_observed(observed, x: torch.Tensor, what: str = "observation") -> tor
 
 def _check_positive_int(**values):
     for name, v in values.items():
-        if isinstance(v, bool) or int(v) != v or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        check_positive_int(v, name)
+
+
+def _check_corrector(corrector):
+    if corrector not in ("langevin", "none"):
+        raise ValueError(choose_one_of("corrector", corrector, ["langevin", "none"]))
+
+
+def _correct(run: SamplerRun, sde, x, t, s, snr, n_steps):
+    """`n_steps` Langevin corrections toward p_t (`samplers.langevin_corrector_step`)."""
+    for _ in range(n_steps):
+        score, z = run.score(x, t), run.noise(x)
+        x = langevin_corrector_step(sde, x, t, s, score, z, snr)
+    return x
+
+
+def _rd_step(run: SamplerRun, sde, x, t, s, last: bool, denoise: bool, score=None):
+    """A reverse-diffusion step with the run's score and noise (no noise on the last step with `denoise`)."""
+    score = run.score(x, t) if score is None else score
+    return reverse_diffusion_step(sde, x, t, s, score, None if (last and denoise) else run.noise(x))
 
 
 # --- imputation / inpainting -----------------------------------------------------------------
@@ -100,7 +116,8 @@ def repaint_schedule(steps: int, resample: int = 1, jump: int = 1) -> list[int]:
 
 
 @torch.no_grad()
-def impute(score_fn, sde: SDE, x, *, observed, mask, steps: int = 500, snr: float = 0.16,
+def impute(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, observed, mask, steps: int = 500, schedule="uniform_t",
+           snr: float = 0.16,
            corrector: str = "langevin", corrector_steps: int = 1, resample: int = 1, jump: int = 1,
            eps: float | None = None, denoise: bool = True, generator=None, return_trajectory=False,
            progress=False):
@@ -112,19 +129,19 @@ def impute(score_fn, sde: SDE, x, *, observed, mask, steps: int = 500, snr: floa
     Langevin with the signal-to-noise step rule, or "none". The last step adds no noise and puts
     the observation itself in the known part. Returns a SampleResult (nfe counts score calls).
     """
-    if corrector not in ("langevin", "none"):
-        raise ValueError(f"unknown corrector {corrector!r}; choose 'langevin' or 'none'")
+    _check_corrector(corrector)
     _check_positive_int(corrector_steps=corrector_steps)
     y = _check_observed(observed, x)
     m = torch.as_tensor(mask)
     shape = tuple(x.shape) if tuple(m.shape) == tuple(x.shape) else tuple(x.shape[1:])
     m = check_mask(m, shape).to(dtype=x.dtype, device=x.device)
-    ts = time_grid(sde, steps, eps)
+    ts = make_grid(sde, steps, schedule, eps).t
+    steps = len(ts) - 1
     path = repaint_schedule(steps, resample, jump)
     run = SamplerRun(score_fn, x, generator, return_trajectory, progress, "impute")
 
     def replace(x, t, last=False):
-        known = y if last else sde.perturb(y, _tvec(t, x), run.noise(x))
+        known = y if last else sde.perturb(y, time_vector(t, x), run.noise(x))
         return m * known + (1 - m) * x
 
     x = replace(x, ts[0])
@@ -132,14 +149,14 @@ def impute(score_fn, sde: SDE, x, *, observed, mask, steps: int = 500, snr: floa
         a, b = path[k], path[k + 1]
         t, t_next = ts[a], ts[b]
         if b < a:  # RePaint: back up with the forward kernel x(t_b) | x(t_a)
-            fa, G = sde.transition(_tvec(t_next, x), _tvec(t, x))
+            fa, G = sde.transition(time_vector(t_next, x), time_vector(t, x))
             x = broadcast_to(fa, x) * x + broadcast_to(G, x) * run.noise(x)
             run.keep(x, t_next)
             continue
         last = b == steps
         if corrector == "langevin":
-            x = replace(langevin_corrector(run, sde, x, t, t_next, snr, corrector_steps), t)
-        x = reverse_diffusion_step(run, sde, x, t, t_next, last, denoise)
+            x = replace(_correct(run, sde, x, t, t_next, snr, corrector_steps), t)
+        x = _rd_step(run, sde, x, t, t_next, last, denoise)
         x = replace(x, t_next, last)
         run.keep(x, t_next)
     return run.result(x, sde.T)
@@ -250,22 +267,9 @@ def pigdm_score(score_fn, sde: SDE, operator: LinearOperator, y, sigma_y: float,
     return _tweedie_likelihood_score(score_fn, sde, operator, y, float(sigma_y) ** 2, r2, jacobian)
 
 
-class _GivenScore:
-    """Stands in for a SamplerRun inside one step whose score was computed outside (with gradients)."""
-
-    def __init__(self, run, s):
-        self.run, self.s = run, s
-
-    def score(self, x, t):
-        return self.s
-
-    def noise(self, x):
-        return self.run.noise(x)
-
-
 @torch.no_grad()
-def dps(score_fn, sde: SDE, x, *, operator: LinearOperator, y, steps: int = 1000, zeta: float = 1.0,
-        eps: float | None = None, denoise: bool = True, generator=None, return_trajectory=False, progress=False):
+def dps(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, operator: LinearOperator, y, steps: int = 1000,
+        schedule="uniform_t", zeta: float = 1.0, eps: float | None = None, denoise: bool = True, generator=None, return_trajectory=False, progress=False):
     """Diffusion posterior sampling (Chung et al. 2023, Algorithm 1, as in their code):
 
         x' = reverse-diffusion step from x_i with s(x_i, t_i),
@@ -275,9 +279,9 @@ def dps(score_fn, sde: SDE, x, *, operator: LinearOperator, y, steps: int = 1000
     on the squared norm, up to the factor 2). One score evaluation (with its gradient) per step.
     """
     yy = _check_problem(operator, y, 0.0, need_noise=False)
-    if not (isinstance(zeta, (int, float)) and zeta >= 0):
-        raise ValueError(f"zeta must be a number >= 0, got {zeta!r}")
-    ts = time_grid(sde, steps, eps)
+    zeta = check_number(zeta, "zeta", lo=0.0)
+    ts = make_grid(sde, steps, schedule, eps).t
+    steps = len(ts) - 1
     run = SamplerRun(score_fn, x, generator, return_trajectory, progress, "dps")
     obs = _obs_like(yy, x)
     for i in run.iterate(steps):
@@ -285,10 +289,10 @@ def dps(score_fn, sde: SDE, x, *, operator: LinearOperator, y, steps: int = 1000
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             s = run.score(xg, t)
-            x0 = sde.tweedie_denoise(xg, _tvec(t, x), s)
+            x0 = sde.tweedie_denoise(xg, time_vector(t, x), s)
             norm = (obs - operator(x0)).reshape(x.shape[0], -1).norm(dim=1).sum()
             (grad,) = torch.autograd.grad(norm, xg)
-        x_new = reverse_diffusion_step(_GivenScore(run, s.detach()), sde, x, t, t_next, last, denoise)
+        x_new = _rd_step(run, sde, x, t, t_next, last, denoise, score=s.detach())
         x = (x_new - zeta * grad).detach()
         run.keep(x, t_next)
     return run.result(x, sde.T)
@@ -296,7 +300,7 @@ def dps(score_fn, sde: SDE, x, *, operator: LinearOperator, y, steps: int = 1000
 
 # --- SDEdit ------------------------------------------------------------------------------------
 @torch.no_grad()
-def sdedit(score_fn, sde: SDE, x_input, *, t0: float, steps: int = 500, corrector: str = "none", snr: float = 0.16,
+def sdedit(score_fn: ScoreFn, sde: SDE, x_input: torch.Tensor, *, t0: float, steps: int = 500, corrector: str = "none", snr: float = 0.16,
            corrector_steps: int = 1, eps: float | None = None, denoise: bool = True, generator=None,
            return_trajectory=False, progress=False):
     """SDEdit (Meng et al. 2022): x(t0) = alpha(t0) x_input + std(t0) z, then `steps` reverse-diffusion
@@ -304,22 +308,21 @@ def sdedit(score_fn, sde: SDE, x_input, *, t0: float, steps: int = 500, correcto
 
     t0 in (eps, T]: small t0 stays close to the input, t0 = T forgets it (plain sampling).
     """
-    eps = sde.eps if eps is None else float(eps)
+    eps = check_eps(eps, sde.T, sde.eps)
     if not (isinstance(t0, (int, float)) and eps < t0 <= sde.T):
         raise ValueError(f"t0 must lie in (eps, T] = ({eps:g}, {sde.T:g}], got {t0!r}")
-    if corrector not in ("langevin", "none"):
-        raise ValueError(f"unknown corrector {corrector!r}; choose 'langevin' or 'none'")
+    _check_corrector(corrector)
     _check_positive_int(steps=steps, corrector_steps=corrector_steps)
     x_input = torch.as_tensor(x_input)
     noise = torch.randn(x_input.shape, generator=generator, dtype=x_input.dtype, device=x_input.device)
-    x = sde.perturb(x_input, _tvec(t0, x_input), noise)
-    ts = torch.linspace(float(t0), eps, int(steps) + 1, dtype=torch.float64)
+    x = sde.perturb(x_input, time_vector(t0, x_input), noise)
+    ts = NoiseGrid.at_times(sde, torch.linspace(float(t0), eps, int(steps) + 1, dtype=torch.float64)).t
     run = SamplerRun(score_fn, x, generator, return_trajectory, progress, "sdedit")
     for i in run.iterate(steps):
         t, t_next, last = ts[i], ts[i + 1], i == steps - 1
         if corrector == "langevin":
-            x = langevin_corrector(run, sde, x, t, t_next, snr, corrector_steps)
-        x = reverse_diffusion_step(run, sde, x, t, t_next, last, denoise)
+            x = _correct(run, sde, x, t, t_next, snr, corrector_steps)
+        x = _rd_step(run, sde, x, t, t_next, last, denoise)
         run.keep(x, t_next)
     return run.result(x, float(t0))
 

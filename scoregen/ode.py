@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .util import time_vector
+
 __all__ = ["ODEResult", "fixed_step", "dopri5"]
 
 
@@ -26,10 +28,6 @@ class ODEResult:
     times: list | None = None
     n_steps: int = 0
     n_rejected: int = 0
-
-
-def _tvec(t: float, x: torch.Tensor) -> torch.Tensor:
-    return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
 
 
 def fixed_step(fn, x, ts, method: str = "euler", record: bool = False, progress=None) -> ODEResult:
@@ -46,11 +44,11 @@ def fixed_step(fn, x, ts, method: str = "euler", record: bool = False, progress=
     for i in progress(it) if progress else it:
         t, t_next = ts[i], ts[i + 1]
         h = t_next - t
-        d = fn(x, _tvec(t, x))
+        d = fn(x, time_vector(t, x))
         nfe += 1
         if method == "heun":
             x_pred = x + h * d
-            d2 = fn(x_pred, _tvec(t_next, x))
+            d2 = fn(x_pred, time_vector(t_next, x))
             nfe += 1
             x = x + 0.5 * h * (d + d2)
         else:
@@ -91,7 +89,7 @@ def dopri5(fn, x, t0: float, t1: float, rtol: float = 1e-5, atol: float = 1e-5, 
     direction = 1.0 if t1 >= t0 else -1.0
     span = abs(t1 - t0)
     t = t0
-    k1 = fn(x, _tvec(t, x))
+    k1 = fn(x, time_vector(t, x))
     nfe = 1
     if h0 is None:  # Hairer's starting-step heuristic (II.4), one extra evaluation
         scale = atol + rtol * x.abs()
@@ -99,7 +97,7 @@ def dopri5(fn, x, t0: float, t1: float, rtol: float = 1e-5, atol: float = 1e-5, 
         h = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else float(0.01 * d0 / d1)
         h = min(h, span)
         x1 = x + direction * h * k1
-        k2 = fn(x1, _tvec(t + direction * h, x))
+        k2 = fn(x1, time_vector(t + direction * h, x))
         nfe += 1
         d2 = float(_rms((k2 - k1) / scale)) / h
         h1 = max(1e-6, h * 1e-3) if max(float(d1), d2) <= 1e-15 else (0.01 / max(float(d1), d2)) ** (1 / 5)
@@ -118,7 +116,7 @@ def dopri5(fn, x, t0: float, t1: float, rtol: float = 1e-5, atol: float = 1e-5, 
         ks = [k1]
         for i in range(1, 7):
             xi = x + hs * sum(a * k for a, k in zip(_A[i], ks) if a != 0.0)
-            ks.append(fn(xi, _tvec(t + _C[i] * hs, x)))
+            ks.append(fn(xi, time_vector(t + _C[i] * hs, x)))
         nfe += 6
         x_new = xi  # stage 7 is evaluated at the 5th-order solution (FSAL)
         err = hs * sum(e * k for e, k in zip(_E, ks) if e != 0.0)

@@ -32,13 +32,15 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from .sde import SDE, SubVPSDE, VESDE, VPSDE
+from .util import Registry, check_eps, check_positive_int
 
 __all__ = ["t_from_sigma", "t_from_log_snr", "NoiseGrid", "Schedule", "SigmaSchedule", "UniformTime", "LogStd",
-           "LogSNR", "EDMSchedule", "SCHEDULES", "make_schedule"]
+           "LogSNR", "EDMSchedule", "SCHEDULES", "make_schedule", "make_grid", "Level"]
 
 
 def _f64(v) -> torch.Tensor:
@@ -88,6 +90,15 @@ def t_from_log_snr(sde: SDE, log_snr) -> torch.Tensor:
     return t_from_sigma(sde, torch.exp(-0.5 * lam))
 
 
+class Level(NamedTuple):
+    """One noise level as floats: time t, alpha(t), std(t) and sigma = std / alpha."""
+
+    t: float
+    alpha: float
+    std: float
+    sigma: float
+
+
 @dataclass(frozen=True)
 class NoiseGrid:
     """K + 1 levels of one process, all float64 of shape (K + 1,): times t (decreasing from T to
@@ -107,6 +118,10 @@ class NoiseGrid:
     @property
     def steps(self) -> int:
         return len(self.t) - 1
+
+    def level(self, i: int) -> Level:
+        """Level i as floats (t, alpha, std, sigma)."""
+        return Level(float(self.t[i]), float(self.alpha[i]), float(self.std[i]), float(self.sigma[i]))
 
 
 class Schedule:
@@ -168,16 +183,11 @@ class SigmaSchedule(Schedule):
 
 
 def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or int(steps) != steps or int(steps) < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    return int(steps)
+    return check_positive_int(steps, "steps")
 
 
 def _check_eps(sde: SDE, eps) -> float:
-    eps = sde.eps if eps is None else float(eps)
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T={sde.T}), got eps={eps}")
-    return eps
+    return check_eps(eps, sde.T, sde.eps)
 
 
 class UniformTime(Schedule):
@@ -240,9 +250,10 @@ class EDMSchedule(SigmaSchedule):
         return [f"rho={self.rho}"] + super()._args()
 
 
-SCHEDULES = {"uniform_t": UniformTime, "log_std": LogStd, "log_snr": LogSNR, "edm": EDMSchedule}
-_ALIASES = {"uniform": "uniform_t", "time_uniform": "uniform_t", "log_sigma": "log_snr", "logsnr": "log_snr",
-            "karras": "edm", "geometric": "log_std"}
+SCHEDULES: Registry[type] = Registry("schedule", {"uniform_t": UniformTime, "log_std": LogStd, "log_snr": LogSNR,
+                                                 "edm": EDMSchedule},
+                                     {"uniform": "uniform_t", "time_uniform": "uniform_t", "log_sigma": "log_snr",
+                                      "karras": "edm", "geometric": "log_std"})
 
 
 def make_schedule(schedule="edm", **options) -> Schedule:
@@ -253,13 +264,20 @@ def make_schedule(schedule="edm", **options) -> Schedule:
             raise ValueError(f"options {sorted(options)} given with a Schedule object {schedule!r}; "
                              "pass a name instead")
         return schedule
-    key = str(schedule).lower().replace("-", "_")
-    key = _ALIASES.get(key, key)
-    if key not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of {sorted(SCHEDULES)}")
+    key = SCHEDULES.key(schedule)
     cls = SCHEDULES[key]
     accepted = [p for p in inspect.signature(cls).parameters]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"schedule {key!r} takes no option(s) {unknown}; accepted: {accepted}")
     return cls(**options)
+
+
+def make_grid(sde: SDE, steps: int, schedule="uniform_t", eps: float | None = None) -> NoiseGrid:
+    """The one grid type of every sampler: the K + 1 levels of `schedule` (a name, a `Schedule`, or a
+    `NoiseGrid` given as is, steps and eps then ignored) from T down to eps."""
+    if isinstance(schedule, NoiseGrid):
+        if schedule.steps < 1:
+            raise ValueError(f"a NoiseGrid schedule needs at least 2 levels, got {len(schedule.t)}")
+        return schedule
+    return make_schedule(schedule).grid(sde, steps, eps)
