@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .images import load_mnist
+from .util import atomic_write
 
 __all__ = ["FeatureClassifier", "train_classifier", "save_classifier", "load_classifier", "classifier_path",
            "classifier_features", "classifier_predict", "accuracy", "CLASSIFIER_DATASETS"]
@@ -151,10 +151,9 @@ def save_classifier(model: FeatureClassifier, path, info: dict | None = None) ->
     """Write {'state_dict': tensors, 'info': plain data} atomically (tmp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                "info": dict(info or {})}, tmp)
-    os.replace(tmp, path)
+    payload = {"state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+               "info": dict(info or {})}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path
 
 

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .util import Registry, atomic_write
+
 __all__ = [
     "IMAGE_DATASETS",
     "load_images",
@@ -51,6 +53,8 @@ __all__ = [
 
 #: names accepted by `load_images`
 IMAGE_DATASETS = ("mnist", "fashion-mnist", "digits", "cifar10", "folder")
+_IMAGE_NAMES = Registry("image data set", {n: n for n in IMAGE_DATASETS},
+                        {"fashion": "fashion-mnist", "fmnist": "fashion-mnist", "sklearn-digits": "digits"}, sort=False)
 
 # md5 of the *uncompressed* IDX files (official releases; /work/shared/data/README.md).
 _IDX_FILES = {
@@ -275,9 +279,7 @@ def _download_idx(name: str, data_dir) -> Path:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, data)
 
 
 # --- scikit-learn digits ------------------------------------------------------------------
@@ -402,8 +404,7 @@ def load_images(name: str, split: str = "train", *, data_dir=None, value_range=(
     copy of every image (a fixed augmentation for data that is symmetric left-right; for a
     per-batch random flip use `random_hflip`). Returns x (N, C, H, W) float32 and y (N,) int64.
     """
-    key = str(name).lower().replace("_", "-")
-    key = {"fashion": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10", "sklearn-digits": "digits"}.get(key, key)
+    key = _IMAGE_NAMES.key(name)
     if key in ("mnist", "fashion-mnist"):
         x, y = load_mnist(split, data_dir, name=key, value_range=value_range, limit=limit, download=download)
     elif key == "digits":
@@ -415,8 +416,6 @@ def load_images(name: str, split: str = "train", *, data_dir=None, value_range=(
         if folder is None:
             raise ValueError("data set 'folder' needs root=FOLDER (or data_dir=FOLDER) with PNG/JPEG images")
         x, y = load_image_folder(folder, size=size, grey=grey, value_range=value_range, limit=limit)
-    else:
-        raise ValueError(f"unknown image data set {name!r}; choose one of {list(IMAGE_DATASETS)}")
     if flip:
         x, y = torch.cat([x, x.flip(-1)]), torch.cat([y, y])
     return x, y

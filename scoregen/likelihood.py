@@ -49,6 +49,7 @@ import torch
 
 from . import ode
 from .sde import SDE
+from .util import ScoreFn, check_eps, check_positive_int, choose_one_of, normalize_name, time_vector
 
 __all__ = [
     "LikelihoodResult", "BPDResult", "log_likelihood", "bits_per_dim", "dequantize", "bpd_offset",
@@ -110,9 +111,10 @@ class BPDResult:
 
 # --- validation ------------------------------------------------------------------------------
 def _choice(value, accepted, what):
-    key = str(value).lower().replace("-", "_")
-    if key not in accepted:
-        raise ValueError(f"unknown {what} {value!r}; choose one of {list(accepted)}")
+    """The accepted name `value` stands for, by the registries' one name rule (`util.normalize_name`)."""
+    key = next((a for a in accepted if normalize_name(a) == normalize_name(value)), None)
+    if key is None:
+        raise ValueError(choose_one_of(what, value, accepted))
     return key
 
 
@@ -125,10 +127,7 @@ def _check_input(x) -> None:
 
 
 def _time_span(sde: SDE, eps) -> tuple[float, float]:
-    eps = sde.eps if eps is None else float(eps)
-    if not (0 < eps < sde.T):
-        raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
-    return eps, float(sde.T)
+    return check_eps(eps, sde.T, sde.eps), float(sde.T)
 
 
 # --- divergence --------------------------------------------------------------------------------
@@ -230,7 +229,7 @@ def _scipy_rk45(fn, state, t0, t1, rtol, atol):
 
     def rhs(t, y):
         y = torch.from_numpy(y).reshape(shape).to(device=device, dtype=dtype)
-        return fn(y, torch.full((shape[0],), t, dtype=dtype, device=device)).reshape(-1).cpu().double().numpy()
+        return fn(y, time_vector(t, y)).reshape(-1).cpu().double().numpy()
 
     sol = solve_ivp(rhs, (t0, t1), state.reshape(-1).cpu().double().numpy(), method="RK45", rtol=rtol, atol=atol)
     if not sol.success:
@@ -247,8 +246,7 @@ def time_grid(sde: SDE, t0: float, t1: float, steps: int, grid: str = "log_snr")
     spends one step where std grows by orders of magnitude; uniform in lambda it grows by the same
     factor at every step (for VE, a geometric grid in std).
     """
-    if int(steps) < 1:
-        raise ValueError(f"steps must be a positive integer for the Heun solver, got {steps}")
+    steps = check_positive_int(steps, "steps (of the Heun solver)")
     if grid == "uniform":
         return torch.linspace(t0, t1, int(steps) + 1, dtype=torch.float64)
     if grid != "log_snr":
@@ -309,8 +307,7 @@ def log_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, divergence: str = "au
     probe = _choice(probe, PROBES, "probe")
     solver = _choice(solver, SOLVERS, "solver")
     t0, t1 = _time_span(sde, eps)
-    if int(n_probes) != n_probes or n_probes < 1:
-        raise ValueError(f"n_probes must be a positive integer, got {n_probes!r}")
+    check_positive_int(n_probes, "n_probes")
     d = x[0].numel()
     if divergence == "auto":
         divergence = "hutchinson" if probes is not None or d > EXACT_MAX_DIM else "exact"
@@ -393,8 +390,7 @@ def bits_per_dim(score_fn, sde: SDE, pixels: torch.Tensor, *, levels: int = 256,
     """
     if not (float(scale) > 0 and math.isfinite(float(scale))):
         raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
-    if int(repeats) != repeats or repeats < 1:
-        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    check_positive_int(repeats, "repeats")
     pixels = _check_pixels(pixels, int(levels))
     k, n, d = int(repeats), pixels.shape[0], pixels[0].numel()
     rep = pixels.expand(k, *pixels.shape).reshape(k * n, *pixels.shape[1:])

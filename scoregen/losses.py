@@ -22,11 +22,13 @@ import math
 
 import torch
 
+from .schedules import t_from_sigma
 from .sde import SDE, NoiseLadder, broadcast_to
+from .util import Registry, check_eps, check_positive_int, time_vector
 
 __all__ = ["Loss", "DSMLoss", "NCSNLoss", "ContinuousDSMLoss", "SSMLoss", "dsm_loss", "ncsn_loss",
            "continuous_dsm_loss", "ssm_loss", "LOSSES", "LOSS_OPTIONS", "make_loss", "WEIGHTINGS",
-           "draw_normal", "sqnorm"]
+           "draw_normal", "sqnorm", "EDMLoss", "check_sigma_data"]
 
 WEIGHTINGS = ("sigma2", "likelihood")
 
@@ -101,8 +103,8 @@ class DSMLoss(Loss):
 
     def per_example(self, model, x0, draws, y=None):
         n = x0.shape[0]
-        t = torch.full((n,), self.t, dtype=x0.dtype, device=x0.device)
-        std = torch.full((n,), self.sigma, dtype=x0.dtype, device=x0.device)
+        t = time_vector(self.t, x0)
+        std = time_vector(self.sigma, x0)
         return _denoising_term(model, self.sde, x0, t, draws["z"], y, std=std)
 
 
@@ -180,9 +182,7 @@ class ContinuousDSMLoss(Loss):
                  eps: float | None = None):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; choose one of {list(WEIGHTINGS)}")
-        eps = sde.eps if eps is None else float(eps)
-        if not 0 < eps < sde.T:
-            raise ValueError(f"eps must lie in (0, T={sde.T}), got eps={eps}")
+        eps = check_eps(eps, sde.T, sde.eps)
         self.sde, self.weighting, self.eps = sde, weighting, eps
         self.importance = _ImportanceTimes(sde, eps) if importance_sampling else None
 
@@ -235,11 +235,8 @@ class SSMLoss(Loss):
     """
 
     def __init__(self, sde: SDE, n_projections: int = 1, variance_reduction: bool = False, eps: float | None = None):
-        if int(n_projections) != n_projections or n_projections < 1:
-            raise ValueError(f"n_projections must be an integer >= 1, got {n_projections!r}")
-        eps = sde.eps if eps is None else float(eps)
-        if not 0 < eps < sde.T:
-            raise ValueError(f"eps must lie in (0, T={sde.T}), got eps={eps}")
+        check_positive_int(n_projections, "n_projections")
+        eps = check_eps(eps, sde.T, sde.eps)
         self.sde, self.eps = sde, eps
         self.n_projections, self.variance_reduction = int(n_projections), bool(variance_reduction)
         self.name = "ssm-vr" if variance_reduction else "ssm"
@@ -295,21 +292,69 @@ def _sde_of(model, sde):
 
 
 # --- registry for the trainer and the CLI ------------------------------------------------------
-def _edm_loss(sde, **options):
-    """EDM's objective lives with its preconditioning (imported here: that module imports this one)."""
-    from .preconditioning import EDMLoss
+def check_sigma_data(sigma_data) -> float:
+    if isinstance(sigma_data, bool) or not isinstance(sigma_data, (int, float)) or not (0 < sigma_data < math.inf):
+        raise ValueError(f"sigma_data must be a positive number (the data's standard deviation), got {sigma_data!r}")
+    return float(sigma_data)
 
-    return EDMLoss(sde, **options)
+
+class EDMLoss(Loss):
+    """EDM's objective (Karras et al. 2022, eq. 8 and Table 1; `preconditioning`'s module docstring) for
+    any linear process, with log-normal noise levels:
+
+        l = lambda(sigma) / 2 || D(x(0) + sigma z; sigma) - x(0) ||^2,  lambda = (sigma^2 + sd^2) / (sigma sd)^2.
 
 
-LOSSES = {
+    log sigma ~ N(p_mean, p_std^2), clipped to [sigma(eps), sigma(T)], the levels a sampler visits
+    (for VP with the defaults about 0.3% of draws fall below sigma(eps) = 0.0105); the model is called
+    at t = t_from_sigma(sigma). `model` is an EDMModel (its `denoise` is used directly) or any score
+    model(x, t[, y]), whose denoiser is x_hat + alpha sigma^2 s.
+    """
+
+    name = "edm"
+
+    def __init__(self, sde: SDE, sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2,
+                 eps: float | None = None):
+        if not isinstance(sde, SDE):
+            raise ValueError(f"sde must be an scoregen.sde.SDE, got {type(sde).__name__}")
+        eps = check_eps(eps, sde.T, sde.eps)
+        if not (isinstance(p_std, (int, float)) and p_std > 0):
+            raise ValueError(f"p_std must be a positive number, got {p_std!r}")
+        self.sde, self.sigma_data = sde, check_sigma_data(sigma_data)
+        self.p_mean, self.p_std = float(p_mean), float(p_std)
+        lo, hi = (float(sde.sigma(torch.tensor(v, dtype=torch.float64))) for v in (eps, sde.T))
+        self.log_sigma_range = (math.log(lo), math.log(hi))
+
+    def draw(self, x0, generator=None):
+        n = torch.randn(x0.shape[0], generator=generator, dtype=torch.float64,
+                        device=generator.device if generator is not None else x0.device).cpu()
+        sigma = torch.exp(torch.clamp(self.p_mean + self.p_std * n, *self.log_sigma_range))
+        t = t_from_sigma(self.sde, sigma)
+        return {"t": t.to(device=x0.device, dtype=x0.dtype), "sigma": sigma.to(device=x0.device, dtype=x0.dtype),
+                "z": draw_normal(x0.shape, x0, generator)}
+
+    def per_example(self, model, x0, draws, y=None):
+        t, sigma = draws["t"], draws["sigma"]
+        alpha = broadcast_to(self.sde.alpha(t.to(torch.float64)).to(x0.dtype), x0)
+        sig = broadcast_to(sigma, x0)
+        x = alpha * (x0 + sig * draws["z"])
+        if hasattr(model, "denoise"):
+            D = model.denoise(x, t, y) if y is not None else model.denoise(x, t)
+        else:
+            s = model(x, t) if y is None else model(x, t, y)
+            D = x / alpha + alpha * sig**2 * s.to(x0.dtype)
+        weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
+        return 0.5 * weight * sqnorm(D - x0)
+
+
+LOSSES: Registry[type] = Registry("loss", {
     "dsm": DSMLoss,
     "ncsn": NCSNLoss,
     "sde": ContinuousDSMLoss,
     "ssm": lambda sde, **kw: SSMLoss(sde, variance_reduction=False, **kw),
     "ssm-vr": lambda sde, **kw: SSMLoss(sde, variance_reduction=True, **kw),
-    "edm": _edm_loss,
-}
+    "edm": EDMLoss,
+})
 #: the options each loss accepts (for config validation)
 LOSS_OPTIONS = {"dsm": ("sigma",), "ncsn": (), "sde": ("weighting", "importance_sampling", "eps"),
                 "ssm": ("n_projections", "eps"), "ssm-vr": ("n_projections", "eps"),
@@ -321,10 +366,9 @@ def make_loss(name: str, sde: SDE, **options) -> Loss:
     """Build the objective `name` ("dsm", "ncsn", "sde", "ssm", "ssm-vr", "edm") for `sde`.
 
     Options: dsm: sigma; sde: weighting, importance_sampling, eps; ssm/ssm-vr: n_projections, eps;
-    edm (preconditioning.EDMLoss): sigma_data, p_mean, p_std, eps.
+    edm (EDMLoss): sigma_data, p_mean, p_std, eps.
     """
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
+    name = LOSSES.key(name)
     unknown = sorted(set(options) - set(LOSS_OPTIONS[name]))
     if unknown:
         raise ValueError(f"loss {name!r} takes no option(s) {unknown}; accepted: {list(LOSS_OPTIONS[name])}")

@@ -23,6 +23,7 @@ from torch import nn
 
 from .nets import build_net
 from .sde import SDE, broadcast_to, make_sde
+from .util import ScoreFn, time_vector
 
 __all__ = ["ScoreModel", "CONDS", "PARAMETERIZATIONS", "batch_time"]
 
@@ -32,13 +33,9 @@ PARAMETERIZATIONS = ("score",)
 
 
 def batch_time(t, x: torch.Tensor) -> torch.Tensor:
-    """A time given as a float, a 0-d or an (N,) tensor -> an (N,) tensor in x's dtype/device."""
-    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-    if t.dim() == 0:
-        return t.expand(x.shape[0])
-    if t.shape != (x.shape[0],):
-        raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
-    return t.to(dtype=x.dtype)
+    """A time given as a float, a 0-d or an (N,) tensor -> an (N,) tensor in x's dtype/device
+    (`util.time_vector`)."""
+    return time_vector(t, x)
 
 
 class ScoreModel(nn.Module):

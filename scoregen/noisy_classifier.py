@@ -28,6 +28,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .models import batch_time
 from .nets.classifier import build_classifier
 from .sde import SDE, broadcast_to, make_sde
+from .util import check_positive_int
 
 __all__ = ["NoisyClassifier", "train_noisy_classifier", "save_noisy_classifier", "load_noisy_classifier"]
 
@@ -84,8 +85,7 @@ def train_noisy_classifier(classifier: NoisyClassifier, data, labels, *, steps: 
     if int(y.min()) < 0 or int(y.max()) >= k:
         raise ValueError(f"labels must lie in 0..{k - 1} (the classifier's classes), got {int(y.min())}..{int(y.max())}")
     for name, v in (("steps", steps), ("batch_size", batch_size)):
-        if isinstance(v, bool) or int(v) != v or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        check_positive_int(v, name)
     if normalizer is not None:
         x = normalizer(x)
     y = y.long()

@@ -21,6 +21,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .util import Registry
+
 __all__ = ["LinearOperator", "MatrixOperator", "FunctionOperator", "MaskOperator", "AvgPoolOperator",
            "BlurOperator", "GreyOperator", "make_operator", "OPERATORS", "random_mask", "box_mask",
            "check_mask"]
@@ -291,6 +293,7 @@ def box_mask(shape, box=None) -> torch.Tensor:
 
 
 OPERATORS = ("inpaint-random", "inpaint-box", "superres", "blur", "colorize")
+_OPERATOR_NAMES = Registry("operator", {n: n for n in OPERATORS}, sort=False)
 
 
 def make_operator(name: str, shape, **options) -> LinearOperator:
@@ -299,7 +302,7 @@ def make_operator(name: str, shape, **options) -> LinearOperator:
     inpaint-random (keep=0.5, seed=0), inpaint-box (box=(top, left, height, width), default bottom
     half), superres (factor=2), blur (sigma=1.5, size), colorize.
     """
-    key = str(name).lower().replace("_", "-")
+    key = _OPERATOR_NAMES.key(name)
     try:
         if key == "inpaint-random":
             return MaskOperator(random_mask(shape, **options))

@@ -13,7 +13,7 @@ sigma. D estimates E[x(0) | x(t)], so by Tweedie the score of x(t) is
 
     s(x, t) = (alpha D - x) / std^2 = (D - x_hat) / (alpha sigma^2)     ((D - x) / sigma^2 for VE).
 
-The loss (EDM eq. 8, Table 1) draws log sigma ~ N(P_mean, P_std^2) and weighs by
+The loss (`losses.EDMLoss`, re-exported here; EDM eq. 8, Table 1) draws log sigma ~ N(P_mean, P_std^2) and weighs by
 lambda(sigma) = 1 / c_out^2 = (sigma^2 + sd^2) / (sigma sd)^2:
 
     l = lambda(sigma) / 2 || D(x(0) + sigma z; sigma) - x(0) ||^2     (summed over coordinates).
@@ -23,13 +23,11 @@ Since D - x(0) = sigma (std s + z), this is (sigma^2 + sd^2) / sd^2 times the DS
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
-from .losses import Loss, draw_normal, sqnorm
+from .losses import EDMLoss, check_sigma_data  # EDMLoss lives with the other objectives; re-exported here
 from .models import ScoreModel, batch_time
-from .schedules import t_from_sigma
 from .sde import SDE, broadcast_to
 
 __all__ = ["edm_coefficients", "EDMModel", "EDMLoss", "model_from_config", "estimate_sigma_data"]
@@ -40,12 +38,6 @@ def edm_coefficients(sigma: torch.Tensor, sigma_data: float):
     s2, d2 = sigma**2, sigma_data**2
     root = torch.sqrt(s2 + d2)
     return d2 / (s2 + d2), sigma * sigma_data / root, 1.0 / root, 0.25 * torch.log(sigma)
-
-
-def _check_sigma_data(sigma_data) -> float:
-    if isinstance(sigma_data, bool) or not isinstance(sigma_data, (int, float)) or not (0 < sigma_data < math.inf):
-        raise ValueError(f"sigma_data must be a positive number (the data's standard deviation), got {sigma_data!r}")
-    return float(sigma_data)
 
 
 def estimate_sigma_data(x0: torch.Tensor) -> float:
@@ -64,7 +56,7 @@ class EDMModel(ScoreModel):
     def __init__(self, net, sde: SDE, sigma_data: float = 0.5):
         super().__init__(net, sde, cond="log_std", scale_by_std=False, scale_input=False)
         self.parameterization = "edm"
-        self.sigma_data = _check_sigma_data(sigma_data)
+        self.sigma_data = check_sigma_data(sigma_data)
 
     def _levels(self, x, t):
         """alpha, std and sigma at t, per example, in float64 (std - its cancellation for VE near eps)."""
@@ -110,50 +102,3 @@ def model_from_config(cfg: dict) -> ScoreModel:
     if kind not in ("score", "edm"):
         raise ValueError(f"unknown parameterization {kind!r}; choose 'score' (ScoreModel) or 'edm' (EDMModel)")
     return EDMModel.from_config(cfg) if kind == "edm" else ScoreModel.from_config(cfg)
-
-
-class EDMLoss(Loss):
-    """EDM's objective (module docstring) for any linear process, with log-normal noise levels.
-
-    log sigma ~ N(p_mean, p_std^2), clipped to [sigma(eps), sigma(T)], the levels a sampler visits
-    (for VP with the defaults about 0.3% of draws fall below sigma(eps) = 0.0105); the model is called
-    at t = t_from_sigma(sigma). `model` is an EDMModel (its `denoise` is used directly) or any score
-    model(x, t[, y]), whose denoiser is x_hat + alpha sigma^2 s.
-    """
-
-    name = "edm"
-
-    def __init__(self, sde: SDE, sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2,
-                 eps: float | None = None):
-        if not isinstance(sde, SDE):
-            raise ValueError(f"sde must be an scoregen.sde.SDE, got {type(sde).__name__}")
-        eps = sde.eps if eps is None else float(eps)
-        if not 0 < eps < sde.T:
-            raise ValueError(f"eps must lie in (0, T={sde.T}), got eps={eps}")
-        if not (isinstance(p_std, (int, float)) and p_std > 0):
-            raise ValueError(f"p_std must be a positive number, got {p_std!r}")
-        self.sde, self.sigma_data = sde, _check_sigma_data(sigma_data)
-        self.p_mean, self.p_std = float(p_mean), float(p_std)
-        lo, hi = (float(sde.sigma(torch.tensor(v, dtype=torch.float64))) for v in (eps, sde.T))
-        self.log_sigma_range = (math.log(lo), math.log(hi))
-
-    def draw(self, x0, generator=None):
-        n = torch.randn(x0.shape[0], generator=generator, dtype=torch.float64,
-                        device=generator.device if generator is not None else x0.device).cpu()
-        sigma = torch.exp(torch.clamp(self.p_mean + self.p_std * n, *self.log_sigma_range))
-        t = t_from_sigma(self.sde, sigma)
-        return {"t": t.to(device=x0.device, dtype=x0.dtype), "sigma": sigma.to(device=x0.device, dtype=x0.dtype),
-                "z": draw_normal(x0.shape, x0, generator)}
-
-    def per_example(self, model, x0, draws, y=None):
-        t, sigma = draws["t"], draws["sigma"]
-        alpha = broadcast_to(self.sde.alpha(t.to(torch.float64)).to(x0.dtype), x0)
-        sig = broadcast_to(sigma, x0)
-        x = alpha * (x0 + sig * draws["z"])
-        if hasattr(model, "denoise"):
-            D = model.denoise(x, t, y) if y is not None else model.denoise(x, t)
-        else:
-            s = model(x, t) if y is None else model(x, t, y)
-            D = x / alpha + alpha * sig**2 * s.to(x0.dtype)
-        weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
-        return 0.5 * weight * sqnorm(D - x0)

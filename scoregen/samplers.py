@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 from . import ode as ode_solvers
-from .schedules import LogSNR, LogStd, NoiseGrid, Schedule, make_grid, t_from_sigma
+from .schedules import LogSNR, LogStd, NoiseGrid, make_grid, t_from_sigma
 from .sde import SDE, NoiseLadder, VESDE, VPSDE, broadcast_to
 from .util import Registry, ScoreFn, check_number, check_positive_int, choose_one_of, time_vector
 

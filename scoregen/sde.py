@@ -23,6 +23,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from .util import Registry
+
 __all__ = ["SDE", "VESDE", "VPSDE", "SubVPSDE", "NoiseLadder", "make_sde", "SDE_NAMES", "broadcast_to"]
 
 
@@ -304,15 +306,12 @@ class NoiseLadder(VESDE):
         return {"name": "ladder", "sigma_max": self.sigma_1, "sigma_min": self.sigma_L, "L": self.L}
 
 
-SDE_NAMES = {"ve": VESDE, "vp": VPSDE, "subvp": SubVPSDE, "ladder": NoiseLadder}
+SDE_NAMES: Registry[type] = Registry("SDE", {"ve": VESDE, "vp": VPSDE, "subvp": SubVPSDE, "ladder": NoiseLadder})
 
 
 def make_sde(name: str, **kwargs) -> SDE:
     """Build a forward process by name: 've', 'vp', 'subvp' or 'ladder' (NCSN)."""
-    key = str(name).lower().replace("-", "").replace("_", "")
-    if key not in SDE_NAMES:
-        raise ValueError(f"unknown SDE {name!r}; choose one of {sorted(SDE_NAMES)}")
-    cls = SDE_NAMES[key]
+    cls = SDE_NAMES.lookup(name)
     try:
         return cls(**kwargs)
     except TypeError as e:

@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Generic, Iterable, TypeVar
+from typing import BinaryIO, Callable, Generic, Iterable, TypeVar
 
 import torch
 
@@ -35,7 +35,7 @@ def time_vector(t, x: torch.Tensor) -> torch.Tensor:
         return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
     t = torch.as_tensor(t)
     if t.dim() == 0:
-        return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+        return t.to(dtype=x.dtype, device=x.device).expand(x.shape[0]).clone()
     if t.shape != (x.shape[0],):
         raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
     return t.to(dtype=x.dtype, device=x.device)
@@ -158,28 +158,24 @@ class Registry(dict, Generic[T_]):
 
 
 # --- atomic writes ----------------------------------------------------------------------------
-def atomic_write(path, data: bytes | str | Callable[[str], None]) -> Path:
+def atomic_write(path, data: bytes | str | Callable[[BinaryIO], None]) -> Path:
     """Write `data` to `path` atomically: into a temporary file in the same folder, fsynced, then
     renamed over `path` (`os.replace` is atomic on POSIX), so a crash leaves the old file or the new
-    one, never half of one. `data` may be bytes, a str (UTF-8) or a callback writer(tmp_path)
-    (e.g. `lambda p: torch.save(obj, p)`)."""
+    one, never half of one (nor the temporary file). `data` may be bytes, a str (UTF-8) or a callback
+    writer(f) on the open binary file (e.g. `lambda f: torch.save(obj, f)`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        if callable(data):
-            os.close(fd)
-            data(tmp)
-            fd = os.open(tmp, os.O_RDONLY)
-        else:
-            os.write(fd, data.encode() if isinstance(data, str) else bytes(data))
-        os.fsync(fd)
-        os.close(fd)
-        fd = None
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else bytes(data))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if fd is not None:
-            os.close(fd)
         if os.path.exists(tmp):
             os.unlink(tmp)
     fsync_dir(path.parent)

@@ -13,6 +13,8 @@ import inspect
 
 from torch import nn
 
+from ..util import Registry
+
 from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
 from .mlp import ScoreMLP
 from .ncsn import NCSN
@@ -21,7 +23,7 @@ from .unet import SeedUNet, UNet
 __all__ = ["NETS", "build_net", "register_net", "ScoreMLP", "UNet", "SeedUNet", "NCSN", "SinusoidalEmbedding", "GaussianFourierEmbedding"]
 
 #: name -> network class; each class takes plain-data keyword arguments only.
-NETS: dict[str, type[nn.Module]] = {"mlp": ScoreMLP, "unet": UNet, "ncsn": NCSN, "seed-unet": SeedUNet}
+NETS: Registry[type[nn.Module]] = Registry("network", {"mlp": ScoreMLP, "unet": UNet, "ncsn": NCSN, "seed-unet": SeedUNet})
 
 _PLAIN = (bool, int, float, str, type(None))
 
@@ -42,8 +44,7 @@ def _is_plain(v) -> bool:
 
 def build_net(name: str, **kwargs) -> nn.Module:
     """Build the registered network `name` with `kwargs`; records them as `net.net_config`."""
-    if name not in NETS:
-        raise ValueError(f"unknown network {name!r}; choose one of {sorted(NETS)}")
+    name = NETS.key(name)
     cls = NETS[name]
     params = inspect.signature(cls).parameters
     unknown = sorted(set(kwargs) - set(params))

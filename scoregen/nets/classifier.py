@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..util import Registry
 from .mlp import EMBEDDINGS, _FiLMBlock
 from .unet import ResBlock, check_inputs, make_embedding
 
@@ -89,13 +90,12 @@ class ClassifierCNN(nn.Module):
 
 
 #: name -> classifier class; each takes plain-data keyword arguments only (for checkpoints)
-CLASSIFIERS: dict[str, type[nn.Module]] = {"mlp": ClassifierMLP, "cnn": ClassifierCNN}
+CLASSIFIERS: Registry[type[nn.Module]] = Registry("classifier network", {"mlp": ClassifierMLP, "cnn": ClassifierCNN})
 
 
 def build_classifier(name: str, **kwargs) -> nn.Module:
     """Build the classifier `name` ('mlp' or 'cnn') with `kwargs`; records them as `net.net_config`."""
-    if name not in CLASSIFIERS:
-        raise ValueError(f"unknown classifier network {name!r}; choose one of {sorted(CLASSIFIERS)}")
+    name = CLASSIFIERS.key(name)
     try:
         net = CLASSIFIERS[name](**kwargs)
     except TypeError as e:
