@@ -144,7 +144,7 @@ def parse_samplers(items) -> list[tuple[str, dict]]:
 
 def quality(a) -> list[dict]:
     from scoregen.classifier import load_classifier
-    from scoregen.cli.evaluate import check_run
+    from scoregen.evaluation import check_image_run as check_run
     from scoregen.recipe import run_value_range
     from scoregen.image_metrics import evaluate_images
     from scoregen.recipe import sample_run

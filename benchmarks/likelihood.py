@@ -168,7 +168,7 @@ def part_mixture(run_dir, n: int, seed: int):
     The NLL is a cross-entropy, H(p) + KL(p || p_model) >= H(p); the paired difference
     -log p_model(x) + log p(x) on the same points estimates the KL with a smaller standard error.
     """
-    from scoregen.cli.likelihood import points_nll
+    from scoregen.evaluation import points_nll
     from scoregen.data import load_points
     from scoregen.distributions import seed_mixture
     from scoregen.train import load_run

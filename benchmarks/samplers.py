@@ -118,7 +118,7 @@ def trained_benchmark(args):
     """A trained run's samples (data units) against fresh draws of its data, through `scoregen compare`'s
     machinery; a folder without a checkpoint is first trained with the `points` preset."""
     from scoregen import config, recipe
-    from scoregen.cli.compare import measure, point_evaluator, summarize
+    from scoregen.evaluation import compare_summary as summarize, measure, point_evaluator
 
     run = Path(args.run)
     if not (run / "checkpoint.pt").exists():

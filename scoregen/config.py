@@ -182,7 +182,7 @@ def valid_keys(cfg: dict, section: str) -> list[str]:
         key = str(part.get("name", "")).lower().replace("-", "").replace("_", "")
         return ["name"] + (_params(SDE_NAMES[key]) if key in SDE_NAMES else [])
     if section == "loss":
-        from .losses import _OPTIONS  # the loss options make_loss accepts (some losses are lambdas)
+        from .losses import LOSS_OPTIONS as _OPTIONS  # the loss options make_loss accepts (some losses are lambdas)
 
         return ["name"] + list(_OPTIONS.get(part.get("name"), ()))
     if section == "sample":

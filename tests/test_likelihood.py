@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from scoregen.cli.likelihood import images_bpd, points_nll
+from scoregen.evaluation import images_bpd, points_nll
 from scoregen.distributions import GaussianMixture, seed_mixture
 from scoregen.nets import NETS
 from scoregen.likelihood import bits_per_dim, bpd_offset, dequantize, log_likelihood, nll_to_bpd, time_grid

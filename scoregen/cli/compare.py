@@ -16,8 +16,6 @@ The summary gives the best value at the largest budget and, for each sampler, th
 from __future__ import annotations
 
 import json
-import math
-import time
 from pathlib import Path
 
 HELP = "quality against NFE for every sampler on a trained run: a JSON table and a PNG plot"
@@ -43,91 +41,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default=None, metavar="DIR", help="where compare.json/.png go (default RUN_DIR)")
 
 
-# --- quality measures -----------------------------------------------------------------------------
-def point_evaluator(name, n: int, seed: int):
-    """(metric name, fn(samples) -> value, floor dict or None) for a point data set or file."""
-    import numpy as np
-
-    from .. import metrics
-    from ..data import load_points, reference_sampler
-
-    draw = reference_sampler(name)
-    if draw is None:  # a user file: its own points are the reference, no floor
-        ref, floor = load_points(name), None
-    else:
-        ref = draw(n, seed + 7919)
-        floor = metrics.noise_floor(metrics.energy_distance, draw, n, n, repeats=20, seed=seed + 1234)
-    return "energy_distance", lambda x: float(metrics.energy_distance(np.asarray(x), ref)), floor
-
-
-def image_evaluator(name, run_dir: Path, data_dir, seed: int):
-    from ..image_metrics import evaluate_images
-    from ..recipe import run_value_range
-
-    value_range = run_value_range(run_dir)
-    floor = {}
-
-    def fn(x):
-        out = evaluate_images(x, name, data_dir, value_range=value_range, seed=seed)
-        floor.setdefault("mean", out["fid_floor"])
-        floor.setdefault("std", 0.0)
-        return float(out["fid"])
-
-    return "fid", fn, floor
-
-
-# --- the table --------------------------------------------------------------------------------------
-def measure(run_dir, samplers, budgets, n, evaluate, *, seed=0, batch_size=None, device="cpu", log=print) -> dict:
-    """{sampler: [{"budget", "nfe", "steps", "value", "seconds"}]}; budgets below one step are left out, a
-    value is None where the samples are not finite (a diverged sampler)."""
-    import torch
-
-    from ..recipe import sample_run
-    from ..samplers import get_sampler, steps_for_nfe
-
-    table = {}
-    for name in samplers:
-        get_sampler(name)  # unknown names fail before any sampling
-        rows = []
-        for b in budgets:
-            try:
-                k = steps_for_nfe(name, b)
-            except ValueError as e:
-                if "below one step" in str(e):
-                    continue
-                raise
-            t0 = time.perf_counter()
-            res = sample_run(run_dir, n, name, steps=k, seed=seed, batch_size=batch_size, device=device)
-            seconds = time.perf_counter() - t0
-            value = evaluate(res.samples) if torch.isfinite(res.samples).all() else math.inf
-            rows.append({"budget": b, "nfe": int(res.nfe), "steps": k, "value": value if math.isfinite(value) else None,
-                         "seconds": seconds})
-        table[name] = rows
-        log(f"  {name:18s} " + "  ".join(f"{r['nfe']}:{_fmt(r['value'])}" for r in rows))
-    return table
-
-
-def _fmt(v) -> str:
-    return "diverged" if v is None else f"{v:.4g}"
-
-
-def summarize(table: dict, floor: dict | None) -> dict:
-    """The best value at the largest budget, and per sampler the smallest NFE within 10% of it / at the floor."""
-    top = max(r["budget"] for rows in table.values() for r in rows)
-    finals = [(r["value"], name, r["nfe"]) for name, rows in table.items() for r in rows
-              if r["budget"] == top and r["value"] is not None]
-    if not finals:
-        raise ValueError(f"every sampler diverged at the largest budget {top}; nothing to compare against")
-    value, name, nfe = min(finals)
-    threshold = None if not floor else floor["mean"] + 2 * floor["std"]
-    per = {}
-    for s, rows in table.items():
-        ok = [r for r in rows if r["value"] is not None]
-        within = [r["nfe"] for r in ok if r["value"] <= (1 + WITHIN) * value]
-        at_floor = [r["nfe"] for r in ok if threshold is not None and r["value"] <= threshold]
-        per[s] = {"nfe_within_10pct_of_best": min(within, default=None), "nfe_at_floor": min(at_floor, default=None)}
-    return {"best_at_largest_budget": {"sampler": name, "nfe": nfe, "value": value, "budget": top},
-            "floor_threshold": threshold, "samplers": per}
+# --- quality measures and the table: in the library (scoregen.evaluation), re-exported here ----------
+from ..evaluation import compare_summary as summarize, image_evaluator, measure, point_evaluator  # noqa: E402,F401
 
 
 def plot(table: dict, metric: str, floor: dict | None, path: Path, title: str) -> None:

@@ -46,24 +46,7 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
-def check_run(run_dir: Path) -> tuple[dict, str]:
-    """(config, data set name) of an image run with a classifier; clear errors otherwise."""
-    from ..classifier import CLASSIFIER_DATASETS
-    from ..recipe import is_point_data, load_run_config
-
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
-    cfg = load_run_config(run_dir)
-    name = (cfg.get("data") or {}).get("name")
-    if name is None:
-        raise ValueError(f"{run_dir}/config.yaml names no data set (data.name)")
-    if is_point_data(name):
-        raise ValueError(f"{run_dir} is a point run (data {name!r}); `scoregen evaluate` scores MNIST-like images: "
-                         f"use `scoregen compare {run_dir}` for the quality of point samples")
-    if name not in CLASSIFIER_DATASETS:
-        raise ValueError(f"{run_dir} was trained on {name!r}, which has no classifier for FID/KID; "
-                         f"`scoregen evaluate` knows {list(CLASSIFIER_DATASETS)}")
-    return cfg, name
+from ..evaluation import check_image_run as check_run  # noqa: E402,F401  (in the library, re-exported here)
 
 
 def read_samples(path) -> torch.Tensor:

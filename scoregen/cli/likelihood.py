@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from ..likelihood import PROBES, SOLVERS, bits_per_dim, log_likelihood
+from ..likelihood import PROBES, SOLVERS
 
 HELP = "exact log-likelihood (nats) and bits/dim of data under a trained run, through the probability-flow ODE"
 
@@ -64,41 +63,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-# --- evaluation (importable, tested) ----------------------------------------------------------
-def _batches(n: int, batch_size: int, progress: bool, desc: str):
-    starts = range(0, n, batch_size)
-    return tqdm(starts, desc=desc, leave=False) if progress else starts
-
-
-def points_nll(score_fn, sde, x, normalizer, *, batch_size: int = 128, progress: bool = False, **options):
-    """-log p_X(x) per example (nats, original scale) and the NFE of each batch.
-
-    x (N, D) raw points; the model sees normalizer(x) and log p_X = log p_Z - D log s.
-    """
-    d = x[0].numel()
-    jac = -d * math.log(normalizer.scale)
-    nll, nfe = [], []
-    for i in _batches(x.shape[0], batch_size, progress, "likelihood"):
-        res = log_likelihood(score_fn, sde, normalizer(x[i:i + batch_size]), **options)
-        nll.append(-(res.logp + jac))
-        nfe.append(res.nfe)
-    return torch.cat(nll), nfe
-
-
-def images_bpd(score_fn, sde, pixels, normalizer, *, levels: int = 256, value_range=(0.0, 1.0),
-               batch_size: int = 128, repeats: int = 1, progress: bool = False, **options):
-    """(bpd (N,), its per-image standard error over repeats (N,), nll (N,), NFE per batch)."""
-    out = {"bpd": [], "se": [], "nll": []}
-    nfe = []
-    for i in _batches(pixels.shape[0], batch_size, progress, "likelihood"):
-        res = bits_per_dim(score_fn, sde, pixels[i:i + batch_size], levels=levels, value_range=value_range,
-                           shift=normalizer.mean.reshape(-1, *[1] * (pixels.dim() - 2)), scale=normalizer.scale,
-                           repeats=repeats, **options)
-        out["bpd"].append(res.bpd)
-        out["se"].append(res.bpd_se)
-        out["nll"].append(res.nll)
-        nfe.append(res.nfe)
-    return torch.cat(out["bpd"]), torch.cat(out["se"]), torch.cat(out["nll"]), nfe
+# --- evaluation: in the library (scoregen.evaluation), re-exported here ------------------------------
+from ..evaluation import images_bpd, points_nll  # noqa: E402,F401
 
 
 def summarize(nll, nfe, seconds, bpd=None) -> dict:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..util import Registry
-from .mlp import EMBEDDINGS, _FiLMBlock
+from .mlp import EMBEDDINGS, FiLMBlock
 from .unet import ResBlock, check_inputs, make_embedding
 
 __all__ = ["ClassifierMLP", "ClassifierCNN", "CLASSIFIERS", "build_classifier"]
@@ -42,7 +42,7 @@ class ClassifierMLP(nn.Module):
         self.embed = EMBEDDINGS[embedding](int(emb_dim))
         self.cond = nn.Sequential(nn.Linear(int(emb_dim), hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.inp = nn.Linear(self.dim, hidden)
-        self.blocks = nn.ModuleList(_FiLMBlock(hidden) for _ in range(int(depth)))
+        self.blocks = nn.ModuleList(FiLMBlock(hidden) for _ in range(int(depth)))
         self.out = nn.Linear(hidden, self.n_classes)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

@@ -83,3 +83,6 @@ def _check_labels(y: torch.Tensor, n: int, n_classes: int) -> torch.Tensor:
         raise ValueError(f"labels must lie in [0, {n_classes}] ({n_classes} = null label), "
                          f"got values in [{int(y.min())}, {int(y.max())}]")
     return y
+
+
+FiLMBlock = _FiLMBlock  # the public name other modules (nets.classifier) import
