@@ -257,6 +257,20 @@ def test_cli_end_to_end_on_a_tiny_run(tmp_path, capsys):
         assert key in summary
     assert summary["bpd_mean"] is None and summary["n"] == 6 and len(summary["per_example"]["nll"]) == 6
     assert math.isfinite(summary["nll_mean"]) and summary["nll_se"] > 0
+
+
+def test_cli_refuses_data_of_another_shape(tmp_path, capsys):
+    """MNIST pixels under a point run: one clear line (needs the MNIST files; skips without them)."""
+    from conftest import require_shared_data
+    from scoregen.cli import main
+    from scoregen.models import ScoreModel
+    from scoregen.nets import build_net
+    from scoregen.train import TrainConfig, train
+
+    require_shared_data("mnist")
+    model = ScoreModel(build_net("mlp", dim=2, hidden=16, depth=1), VESDE(sigma_max=10.0))
+    train(model, seed_mixture().sample(64).float(), TrainConfig(steps=2, batch_size=16, progress=False,
+                                                                checkpoint_every=0, device="cpu"), run_dir=tmp_path)
     assert main(["likelihood", str(tmp_path), "--data", "mnist"]) == 2  # shape mismatch: one clear line
     assert "trained on shape [2]" in capsys.readouterr().err
 

@@ -60,20 +60,36 @@ def test_images_inpaint_restore_edit(image_run, tmp_path):
         assert f["samples"].shape == (2, 2, 1, 28, 28)
 
 
-def test_bad_masks_and_operators(point_run, image_run, tmp_path, capsys):
+def _bad_files(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((2, 2), dtype=np.float32))
     np.save(tmp_path / "m.npy", np.ones((1, 27, 28)))
     np.save(tmp_path / "A.npy", np.ones((1, 3)))
+
+
+def test_bad_masks_and_operators_points(point_run, tmp_path, capsys):
+    """The point cases run without MNIST (the image cases are their own test, which needs it)."""
+    _bad_files(tmp_path)
     cases = [
         (["inpaint", str(point_run), "--input", str(tmp_path / "x.npy"), "--mask", "1,0,1"], "mask has shape (3,)"),
-        (["inpaint", str(image_run), "--input", "mnist", "--mask", str(tmp_path / "m.npy")], "mask has shape (1, 27, 28)"),
-        (["inpaint", str(image_run), "--input", "mnist", "--mask", "box:20,0,10,28"], "does not fit"),
         (["restore", str(point_run), "--input", str(tmp_path / "x.npy"), "--operator", "matrix", "--matrix",
           str(tmp_path / "A.npy")], "3 columns"),
+    ]
+    _check_errors(cases, capsys)
+
+
+def test_bad_masks_and_operators_images(image_run, tmp_path, capsys):
+    _bad_files(tmp_path)
+    cases = [
+        (["inpaint", str(image_run), "--input", "mnist", "--mask", str(tmp_path / "m.npy")], "mask has shape (1, 27, 28)"),
+        (["inpaint", str(image_run), "--input", "mnist", "--mask", "box:20,0,10,28"], "does not fit"),
         (["restore", str(image_run), "--input", "mnist", "--operator", "superres", "--factor", "5"], "factor 5 must divide"),
         (["inpaint", str(image_run), "--input", str(tmp_path / "x.npy"), "--mask", "box"], "trained on shape (1, 28, 28)"),
         (["edit", str(image_run), "--input", "mnist", "--t0", "2"], "t0 must lie in"),
     ]
+    _check_errors(cases, capsys)
+
+
+def _check_errors(cases, capsys):
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err

@@ -113,7 +113,17 @@ def test_conditional_image_nets_expose_n_classes_to_the_trainer(name, kw):
 
     net = build_net(name, in_channels=1, n_classes=10, **kw)
     assert net.n_classes == 10
-    x = torch.rand(8, 1, 16, 16)
+    x = torch.rand(8, 1, 28, 28)  # SeedUNet needs at least 17x17
     tr = Trainer(ScoreModel(net, VESDE()), x, TrainConfig(steps=1, batch_size=4, progress=False),
                  labels=torch.arange(8) % 10)
     assert tr.labels is not None
+    assert torch.equal(tr.labels.cpu(), torch.arange(8) % 10)
+    # the labels reach the network: its output depends on them, and one step trains the label table
+    model = tr.model
+    xb, tb = x[:2], torch.full((2,), 0.5)
+    with torch.no_grad():
+        assert not torch.allclose(model(xb, tb, torch.tensor([0, 0])), model(xb, tb, torch.tensor([3, 3])))
+    label_params = {k: v.detach().clone() for k, v in net.named_parameters() if k.startswith("label")}
+    assert label_params, "the conditional net has no label table"
+    tr.train_step()
+    assert any(not torch.equal(v, dict(net.named_parameters())[k]) for k, v in label_params.items())
