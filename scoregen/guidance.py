@@ -1,6 +1,7 @@
 """Guidance: conditional and guided scores as plain `score_fn(x, t)`, so every sampler works unchanged.
 
-Bayes' rule on the noised marginals (seed 000 section 7) gives the conditional score
+Bayes' rule on the noised marginals (Song et al. 2021, "Score-Based Generative Modeling through
+SDEs", eq. 14) gives the conditional score
 
     grad log p_t(x | y) = grad log p_t(x) + grad log p_t(y | x),
 
@@ -8,11 +9,11 @@ and the two guided scores of the literature weight the conditioning term by w:
 
     classifier guidance (Dhariwal & Nichol 2021, with a noise-conditional classifier p_phi(y | x, t)):
         s_w(x, t) = s(x, t) + w grad_x log p_phi(y | x, t);
-    classifier-free guidance (Ho & Salimans 2022; seed 000 section 9.1):
+    classifier-free guidance (Ho & Salimans 2022, "Classifier-Free Diffusion Guidance", eq. 6):
         s_w(x, t) = s(x, t) + w [s(x, t, y) - s(x, t)].
 
 Convention: w = 0 is the unconditional score, w = 1 the conditional one, w > 1 sharpens. Ho &
-Salimans (and seed 000 section 7) write (1 + w') s(x, t, y) - w' s(x, t): the same family with
+Salimans write (1 + w') s(x, t, y) - w' s(x, t): the same family with
 w' = w - 1. With exact scores the guided score is the score of p_t(x)^(1 - w) p_t(x | y)^w; when
 p(x) and p(x | y) are Gaussians of one covariance S, that family is the noised N(m + w (m_y - m), S)
 at every t, so sampling it shifts the mean by exactly w (m_y - m) (tests/test_guidance.py).

@@ -4,7 +4,7 @@ Every function here is a plain function over (score_fn, sde, ...): the samplers 
 signature of `samplers` (starting state x, `steps`, `generator`, ... -> SampleResult) with the
 observation as keyword options, and the posterior scores are `score_fn(x, t)`s for any sampler.
 
-Imputation / inpainting (Song et al. 2021, Appendix I.2; seed 000 sections 7, 9.3). Known entries
+Imputation / inpainting (Song et al. 2021, "Score-Based Generative Modeling through SDEs", Appendix I.2). Known entries
 M * y, unknown (1 - M) * x. Predictor-corrector sampling where, at every time t_i, the known part is
 replaced by a fresh forward-noised observation alpha(t_i) y + std(t_i) z. RePaint (Lugmayr et al.
 2022) adds resampling: after stepping from t_i to t_{i+1}, diffuse x back to t_i with the forward
@@ -15,7 +15,7 @@ Linear inverse problems y = A x + eta, eta ~ N(0, sigma_y^2 I) (`operators.Linea
 By Bayes, grad log p_t(x | y) = s(x, t) + grad log p_t(y | x(t)); p_t(y | x(t)) needs the law of
 x(0) given x(t), which a score model gives only approximately. Writing sigma(t) = std(t) / alpha(t):
 
-  * `posterior_score` (seed 000 section 7): the seed's s(x, t) - grad ||y - A x||^2 / (2 sigma_y^2),
+  * `posterior_score` (Bayes' rule of Song et al. 2021, eq. 14, with x(0) ~ x(t) / alpha): s(x, t) - grad ||y - A x||^2 / (2 sigma_y^2),
     with x(0) estimated by x(t) / alpha(t). Its time dependence, explicitly: x(t) / alpha(t) =
     x(0) + sigma(t) z, and taking z independent of x(t) gives y | x(t) ~ N(A x / alpha,
     sigma_y^2 I + sigma(t)^2 A A^T), hence

@@ -11,7 +11,7 @@ section 8, 001 "Likelihood Computation"; Song et al. 2021, Appendix D.2):
     log p_eps(x) = log p_T(x(T)) + int_eps^T div f~(x(t), t) dt,       x(eps) = x,
 
 with log p_T replaced by the prior density *at the ODE's end point x(T)*, and the divergence
-integral *added* (both wrong in the seed's code: KNOWN_BUGS 000 #5). Every forward process here
+integral *added* (Song et al. 2021, Appendix D.2, eq. 39-40; Grathwohl et al. 2019, FFJORD, eq. 4). Every forward process here
 is linear, f(x, t) = c(t) x, so div f~ = D c(t) - 1/2 g(t)^2 div s, and only div s needs autograd:
 
     exact        div s = sum_i e_i^T (ds/dx) e_i, one vector-Jacobian product per dimension
@@ -208,7 +208,7 @@ def _joint_drift(score_fn, sde: SDE, shape, probes):
 
     def fn(state, t):
         x = state[:, :d].reshape(shape)
-        with torch.enable_grad():  # the seed asked for gradients under no_grad (KNOWN_BUGS 000 #5)
+        with torch.enable_grad():  # the divergence needs gradients, also inside a no_grad caller
             s, quad = _score_and_quadratics(score_fn, x, t, probes)
         s, quad = s.detach(), quad.detach()
         div_s = quad.sum(0)[:, None] if probes is None else quad.T

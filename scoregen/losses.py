@@ -230,7 +230,7 @@ class SSMLoss(Loss):
         L = E_t std(t)^2 E_{x ~ p_t, v}          [ v^T (ds/dx) v + 1/2 ||s||^2 ]     ("ssm-vr")
 
     Both equal, up to a constant, 1/2 E||s - grad log p_t||^2 (Hyvarinen 2005), so the minimiser
-    is the full score (KNOWN_BUGS 000 #6: the seed's version learns half of it). Unlike DSM it
+    is the full score (Song, Garg, Shi & Ermon 2019, "Sliced Score Matching", eq. 8: 1/2 ||s||^2 + v^T (ds/dx) v). Unlike DSM it
     needs only samples of p_t, not the noise z that made them.
     """
 

@@ -1,6 +1,6 @@
 """A noise-conditional classifier p_phi(y | x(t), t) and its training on noised data, for classifier guidance.
 
-Classifier guidance (Dhariwal & Nichol 2021; seed 000 section 7) needs grad_x log p_t(y | x) at every
+Classifier guidance (Dhariwal & Nichol 2021, Sec. 4; Song et al. 2021, eq. 14) needs grad_x log p_t(y | x) at every
 noise level, so the classifier is trained on x(t) = alpha(t) x(0) + std(t) z with t ~ U(eps, T):
 
     L(phi) = E_{(x0, y), t, z} [ -log p_phi(y | alpha(t) x0 + std(t) z, t) ],

@@ -163,7 +163,7 @@ class VESDE(SDE):
         g(t) = sigma(t) sqrt(2 log(sigma_max / sigma_min)),  alpha(t) = 1,
         std(t) = sqrt(sigma(t)^2 - sigma_min^2).
 
-    The std is the *exact* one of x(t) | x(0) (KNOWN_BUGS 000 #2); the reference code uses
+    The std is the *exact* one of x(t) | x(0) (Song et al. 2021, Appendix B, eq. 29: N(x(0), [sigma(t)^2 - sigma(0)^2] I)); the reference code uses
     sigma(t), which is the std only if x(0) already carries N(0, sigma_min^2) noise. Training,
     sampling and likelihood all use this one function, so they stay consistent.
     """
@@ -176,21 +176,26 @@ class VESDE(SDE):
         self.sigma_min, self.sigma_max, self.T, self.eps = float(sigma_min), float(sigma_max), float(T), float(eps)
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
 
-    def sigma_t(self, t):
-        """The geometric noise scale sigma_min (sigma_max / sigma_min)^(t / T)."""
+    def noise_scale(self, t):
+        """The geometric noise scale sigma_min (sigma_max / sigma_min)^(t / T) of Song et al. 2021, eq. 30.
+
+        Not `sigma(t)`: that is, as for every process, std(t) / alpha(t) = sqrt(scale^2 - sigma_min^2),
+        the noise level x(t) really carries (EDM's sigma)."""
         return self.sigma_min * torch.exp(_as_time(t) / self.T * self._log_ratio)
+
+    sigma_t = noise_scale  # the earlier name
 
     def drift_coef(self, t):
         return torch.zeros_like(_as_time(t))
 
     def diffusion(self, t):
-        return self.sigma_t(t) * math.sqrt(2 * self._log_ratio / self.T)
+        return self.noise_scale(t) * math.sqrt(2 * self._log_ratio / self.T)
 
     def alpha(self, t):
         return torch.ones_like(_as_time(t))
 
     def std(self, t):
-        s = self.sigma_t(t)
+        s = self.noise_scale(t)
         return torch.sqrt(torch.clamp(s**2 - self.sigma_min**2, min=0.0))
 
     def t_from_std(self, std):
@@ -260,7 +265,7 @@ class SubVPSDE(_LinearBeta):
 
         dx = -1/2 beta(t) x dt + sqrt(beta(t) (1 - exp(-2 B(t)))) dw,
         alpha(t) = exp(-B(t) / 2),  std(t) = 1 - exp(-B(t))   (not its square root:
-        KNOWN_BUGS 000 #1; d Var/dt = -beta Var + beta (1 - e^{-2B}) has Var = (1 - e^{-B})^2).
+        Song et al. 2021, eq. 11 and Appendix B; d Var/dt = -beta Var + beta (1 - e^{-2B}) has Var = (1 - e^{-B})^2).
     """
 
     name = "subvp"

@@ -42,7 +42,7 @@ class LabelEmbedding(nn.Module):
     """Class labels 0..n_classes-1 plus a null label n_classes (for y=None / label dropout).
 
     The embedding is *added* to the noise embedding, so every block that sees c sees y too
-    (the seed's ConditionalScoreNet embedded labels and never used them: KNOWN_BUGS 000 #7).
+    (a label table that the forward pass really uses).
     """
 
     def __init__(self, n_classes: int, dim: int):
