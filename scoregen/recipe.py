@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from . import config as C
-from .data import POINT_DATASETS, load_points, suggest_sigma_max
+from .data import POINT_DATASETS, load_points, suggest_sigma_max, suggest_sigma_min
 from .models import ScoreModel
 from .nets import build_net
 from .preconditioning import EDMModel
@@ -61,14 +61,31 @@ def load_data(data_cfg: dict):
                          f"file of shape (N, D)) nor an image data set ({str(e).split('choose one of ')[-1]})") from None
 
 
+#: the largest sigma_min that `sigma_min: auto` picks, in standardized units (see build_sde)
+SIGMA_MIN_CAP = 0.01
+
+
 def build_sde(sde_cfg: dict, data: torch.Tensor | None = None):
-    """The forward process; `sigma_max: auto` is resolved from (standardized) data."""
+    """The forward process, with `auto` noise scales measured on the (standardized) data.
+
+    sigma_max: auto -> the largest pairwise distance (Song & Ermon 2020, technique 1: p_{sigma_max}
+        is then close to the prior N(0, sigma_max^2 I)); `data.suggest_sigma_max`.
+    sigma_min: auto -> min(SIGMA_MIN_CAP, a tenth of the median nearest-neighbour distance)
+        (`data.suggest_sigma_min`): below the finest scale the N points resolve (dense, low-D data
+        sets it), and never above 0.01 standard deviations, where smoothing the density by
+        N(0, sigma_min^2 I) costs a negligible KL (order (sigma_min / s)^4 per coordinate of
+        width s) even in high dimension, where nearest neighbours are far apart.
+    """
     s = dict(sde_cfg)
     name = s.pop("name", "ve")
+    for key in ("sigma_max", "sigma_min"):
+        if s.get(key) == "auto" and data is None:
+            raise ValueError(f"sde.{key}=auto needs the data to measure")
+    flat = None if data is None else data.reshape(data.shape[0], -1).numpy()
     if s.get("sigma_max") == "auto":
-        if data is None:
-            raise ValueError("sde.sigma_max=auto needs the data to measure")
-        s["sigma_max"] = round(float(suggest_sigma_max(data.reshape(data.shape[0], -1).numpy())), 4)
+        s["sigma_max"] = round(float(suggest_sigma_max(flat)), 4)
+    if s.get("sigma_min") == "auto":
+        s["sigma_min"] = float(f"{suggest_sigma_min(flat):.4g}")
     return make_sde(name, **s)
 
 
