@@ -43,6 +43,8 @@ def scatter_panels(panels: dict, path, reference=None, titles: dict | None = Non
     ncols = min(ncols, len(names))
     nrows = -(-len(names) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 3.3 * nrows), squeeze=False)
+    if _np(panels[names[0]]).shape[1] == 1:  # 1-D points: histograms, nothing to scatter against
+        return _histogram_panels(fig, axes, panels, names, reference, titles, path)
     # the frame is the data's (the reference, else the first panel): a diverged sampler must not zoom it out
     lo, hi = _limits(reference if reference is not None else panels[names[0]], margin=0.25)
     for ax, name in zip(axes.flat, names):
@@ -53,6 +55,22 @@ def scatter_panels(panels: dict, path, reference=None, titles: dict | None = Non
         ax.scatter(x[:, 0], x[:, 1], s=2, c="C0", alpha=0.6)
         ax.set_title((titles or {}).get(name, name), fontsize=9)
         ax.set_xlim(lo[0], hi[0]), ax.set_ylim(lo[1], hi[1]), ax.set_aspect("equal", adjustable="box")
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def _histogram_panels(fig, axes, panels, names, reference, titles, path) -> Path:
+    """scatter_panels for 1-D points: a density histogram per panel over the reference's."""
+    ref = None if reference is None else _np(reference)[:, 0]
+    lo, hi = _limits(reference if reference is not None else panels[names[0]], margin=0.25)
+    bins = np.linspace(lo[0], hi[0], 61)
+    for ax, name in zip(axes.flat, names):
+        if ref is not None:
+            ax.hist(ref, bins=bins, density=True, color="0.75", label="data")
+        ax.hist(_np(panels[name])[:, 0], bins=bins, density=True, color="C0", alpha=0.6, label="samples")
+        ax.set_title((titles or {}).get(name, name), fontsize=9)
+        ax.set_xlabel("x"), ax.set_ylabel("density")
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     return _save(fig, path)

@@ -161,7 +161,7 @@ def load_run_config(run_dir) -> dict:
 
 #: what may change when a run resumes: the schedule and bookkeeping, never the model, data or loss
 RESUMABLE = {"train": {"steps", "lr", "lr_decay", "decay_start", "ema_decay", "grad_clip", "checkpoint_every",
-                       "log_every", "callback_every", "device", "progress"},
+                       "log_every", "callback_every", "device", "progress", "patience"},
              "data": {"data_dir"}, "sample": None}  # None: every key
 
 

@@ -37,6 +37,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,6 +200,17 @@ def _dist_info(device_pref: str):
     return rank, world, device, created
 
 
+def _adam(params, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam with its fused kernel where this torch has one for the device (a third fewer ops per step
+    on small point networks, where dispatch dominates), else the multi-tensor one."""
+    kw = dict(lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, foreach=True, **kw)
+
+
 class Trainer:
     """Holds model, EMA copy, optimizer, generator and history; `fit()` trains to config.steps.
 
@@ -233,8 +245,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.loss = make_loss(cfg.loss, model.sde, **cfg.loss_options)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas, foreach=True,
-                                          weight_decay=cfg.weight_decay)
+        self.optimizer = _adam(self.model.parameters(), cfg)
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
         self.step, self.loss_history, self._pending = 0, [], []
         self.best = {"val_loss": math.inf, "step": 0, "ema": None, "since": 0, "stopped": False}
@@ -271,9 +282,10 @@ class Trainer:
             return None, None
         n = self.data.shape[0]
         n_val = int(round(frac * n))
-        if n_val < 1 or n - n_val < 1:
-            raise ValueError(f"validation={frac} of {n} examples leaves {n_val} to validate and {n - n_val} to "
-                             "train on; both need at least one (use validation=0 for tiny data sets)")
+        if n_val < 1 or n - n_val < 1:  # too few examples to spare any: train on all of them
+            warnings.warn(f"validation={frac} of {n} examples leaves {n_val} to validate and {n - n_val} to train "
+                          "on; training on all of them without early stopping", stacklevel=3)
+            return None, None
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(self.config.seed) + _HOLD_OUT_STREAM))
         val, keep = perm[:n_val], perm[n_val:]
         val_data, self.data = self.data[val.to(self.device)], self.data[keep.to(self.device)]
