@@ -13,6 +13,7 @@ diffusion, ancestral sampling, predictor-corrector, probability-flow ODE).
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -596,6 +597,8 @@ def _ode_variant(method):
 
     fn.__name__ = f"ode_{method}"
     fn.__doc__ = f"Probability-flow ODE with {method} (see `probability_flow`)."
+    sig = inspect.signature(probability_flow)  # its options are probability_flow's, less `method`
+    fn.__signature__ = sig.replace(parameters=[p for n, p in sig.parameters.items() if n != "method"])
     return fn
 
 

@@ -4,7 +4,8 @@
     def add_arguments(parser): ...
     def run(args) -> int | None
 
-and is listed in COMMANDS. Nothing in the library imports this package.
+and is listed in COMMANDS; `EXAMPLES`, a list of command lines, becomes the epilog of its --help
+(every one is run by tests/test_help_examples.py). Nothing in the library imports this package.
 """
 from __future__ import annotations
 
@@ -32,13 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"scoregen {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, mod in _available():
-        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        from .common import epilog
+
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP, epilog=epilog(getattr(mod, "EXAMPLES", ())),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
 
 
-#: the positional KEY=VALUE lists of the commands (train/demo: config overrides, sample: sampler options)
+#: the positional KEY=VALUE lists of the commands (train/demo: config overrides, commands that sample:
+#: sampler options); both are parsed by config.parse_value
 KEY_VALUE_DESTS = ("overrides", "options")
 
 
