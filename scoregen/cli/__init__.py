@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 COMMANDS = ["demo", "train", "sample", "likelihood", "compare", "evaluate", "inpaint", "restore", "edit"]
@@ -61,9 +62,33 @@ def _intermix_key_values(parser, args, extra):
         getattr(args, dest).extend(extra)
 
 
+_KEY_VALUE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
+
+
+def _lift_key_values(parser, argv: list[str]) -> tuple[list[str], list[str]]:
+    """(argv less its KEY=VALUE arguments, those arguments): taken out before parsing, so that a list
+    option before them (`--nfe 20 100 churn=40`, `--samplers heun churn=40`) cannot swallow them; the
+    value of a one-value option (`--data a=b.csv`) stays put."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if sub is None or command not in sub.choices:
+        return argv, []
+    p = sub.choices[command]
+    if not any(a.dest in KEY_VALUE_DESTS for a in p._actions):
+        return argv, []
+    single = {o for a in p._actions if a.nargs is None and a.option_strings for o in a.option_strings}
+    keep, lifted = [], []
+    for i, a in enumerate(argv):
+        takes_it = i > 0 and argv[i - 1] in single
+        (lifted if _KEY_VALUE.match(a) and not takes_it else keep).append(a)
+    return keep, lifted
+
+
 def main(argv=None) -> int:
     parser = build_parser()
+    argv, lifted = _lift_key_values(parser, list(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
+    extra = lifted + extra
     _intermix_key_values(parser, args, extra)
     if not getattr(args, "_run", None):
         parser.print_help()
