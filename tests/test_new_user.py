@@ -14,7 +14,6 @@ import torch
 
 from scoregen import config, plots
 from scoregen.cli import main
-from scoregen.cli.common import show_progress
 
 TINY = ["model.hidden=16", "model.depth=1", "model.emb_dim=8"]
 
@@ -173,6 +172,8 @@ class _Tty(io.StringIO):
 @pytest.mark.parametrize("stream,no_progress,want", [(io.StringIO(), False, False), (_Tty(), False, True),
                                                      (_Tty(), True, False)])
 def test_bars_only_on_a_terminal(stream, no_progress, want):
+    from scoregen.cli.common import show_progress
+
     class Args:
         pass
 

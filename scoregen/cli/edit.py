@@ -48,7 +48,7 @@ def run(args) -> int:
     else:
         x01, s01 = S.to_unit(x, run), S.to_unit(samples, run)
         S.image_panel([[x01[i], *s01[i]] for i in range(n)], out / "panel.png",
-                      ["input", *[f"edit {k + 1} (t0={args.t0})" for k in range(s)]])
+                      ["input", *[f"edit {k + 1}" for k in range(s)]], suptitle=f"SDEdit from t0={args.t0}")
     dist = (samples - x[:, None]).reshape(n * s, -1).pow(2).mean(1).sqrt()
     summary = {"command": "edit", "run_dir": str(args.run_dir), "input": str(args.input), "t0": args.t0, "n": n,
                "samples": s, "steps": args.steps, "nfe": res.nfe, "seconds": round(time.perf_counter() - t0, 2),

@@ -90,7 +90,8 @@ def run(args) -> int:
         shown = x01 * mask + 0.5 * (1 - mask)  # unknown pixels grey
         s01 = S.to_unit(samples, run)
         S.image_panel([[shown[i], *s01[i], x01[i]] for i in range(n)], out / "panel.png",
-                      ["observed (grey unknown)", *S.sample_headings(s), "input"])
+                      ["observed", *S.sample_headings(s), "input"],
+                      suptitle=f"inpainting, mask {args.mask}: grey = unknown pixels")
     summary = {"command": "inpaint", "run_dir": str(args.run_dir), "input": str(args.input), "n": n, "samples": s,
                "steps": args.steps, "resample": args.resample, "jump": args.jump, "corrector": args.corrector,
                "nfe": res.nfe, "known_fraction": float(mask.mean()), "seconds": round(time.perf_counter() - t0, 2),

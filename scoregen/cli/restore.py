@@ -119,7 +119,8 @@ def run(args) -> int:
         shown = S.to_unit(op.adjoint(y) / op.gram if op.out_shape != run.shape else y, run)
         s01, x01 = S.to_unit(samples, run), S.to_unit(x, run)
         S.image_panel([[shown[i], *s01[i], x01[i]] for i in range(n)], out / "panel.png",
-                      [f"observed ({args.operator})", *S.sample_headings(s), "truth"])
+                      ["observed", *S.sample_headings(s), "truth"],
+                      suptitle=f"{args.operator}, sigma_y={args.sigma_y}, {args.method}")
     resid = (op(samples.reshape((n * s,) + run.shape)) - S.repeat(y, s)).reshape(n * s, -1).norm(dim=1)
     summary = {"command": "restore", "run_dir": str(args.run_dir), "input": str(args.input), "operator": args.operator,
                "method": args.method, "sigma_y": args.sigma_y, "n": n, "samples": s, "steps": args.steps,
