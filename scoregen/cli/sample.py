@@ -68,7 +68,8 @@ def run(args):
         picture = out.with_suffix(".png")
         from scoregen.plots import scatter_panels
 
-        scatter_panels({"samples": x}, picture)
+        scatter_panels({"samples": x}, picture, titles={
+            "samples": f"{len(x)} samples: {chosen_sampler(cfg, args.sampler)}, NFE {res.nfe}"})
     else:
         from scoregen.images import unscale_images
         from scoregen.plots import image_grid
