@@ -28,8 +28,8 @@ from .samplers import SampleResult, get_sampler
 from .sde import make_sde
 from .train import Normalizer, TrainConfig, Trainer, load_run
 
-__all__ = ["is_point_data", "absolute_data_name", "load_data", "build_sde", "build_model", "train_config", "train_run", "resume_config",
-           "run_value_range", "load_run_config", "sample_run", "CONFIG_NAME"]
+__all__ = ["is_point_data", "absolute_data_name", "load_data", "build_sde", "build_model", "train_config",
+           "train_run", "resume_config", "run_value_range", "load_run_config", "sample_run", "CONFIG_NAME"]
 
 CONFIG_NAME = "config.yaml"
 

@@ -160,7 +160,8 @@ def summary_lines(summary: dict, metric: str, floor: dict | None) -> list[str]:
              f"{metric} {top['value']:.4g}"]
     if (best["sampler"], best["nfe"]) != (top["sampler"], top["nfe"]):
         lines.append(f"best in the whole table: {best['sampler']} at NFE {best['nfe']}, {metric} {best['value']:.4g}")
-    lines.append(f"noise floor {floor['mean']:.4g} +- {floor['std']:.2g} (at the floor: <= {summary['floor_threshold']:.4g})"
+    lines.append(f"noise floor {floor['mean']:.4g} +- {floor['std']:.2g} "
+                 f"(at the floor: <= {summary['floor_threshold']:.4g})"
                  if floor else "no noise floor (the reference is the data file itself)")
     for s, v in summary["samplers"].items():
         within, at = v["nfe_within_10pct_of_best"], v["nfe_at_floor"]

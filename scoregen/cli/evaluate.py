@@ -141,7 +141,8 @@ def run(args) -> int:
             raise ValueError("--samples scores a file as it is; leave out --sampler, --steps, --n and sampler "
                              f"options{' ' + ' '.join(args.options) if args.options else ''} with it")
         images = read_samples(args.samples)
-        info = {"source": str(args.samples), "sampler": None, "steps": None, "nfe": None, "options": {}, "seconds": None,
+        info = {"source": str(args.samples), "sampler": None, "steps": None, "nfe": None, "options": {},
+                "seconds": None,
                 "train_step": None}
     else:
         images, info = draw_samples(run_dir, cfg, args)
