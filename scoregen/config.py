@@ -29,7 +29,8 @@ from pathlib import Path
 import yaml
 
 __all__ = ["SECTIONS", "DATA_KEYS", "SAMPLE_KEYS", "SELECTORS", "preset_names", "preset_path", "load_config",
-           "apply_overrides", "parse_override", "validate_config", "valid_keys", "dump_config"]
+           "apply_overrides", "parse_value", "parse_key_value", "parse_override", "sampler_option_names",
+           "check_sampler_options", "parse_sampler_options", "validate_config", "valid_keys", "dump_config"]
 
 SECTIONS = ("data", "model", "sde", "loss", "train", "sample")
 #: data keys: images (images.load_images) and points (data.load_points)
@@ -113,13 +114,58 @@ def load_config(name_or_path, overrides=(), validate: bool = True) -> dict:
     return cfg
 
 
-def parse_override(text: str):
-    """'a.b=value' -> (['a', 'b'], value parsed as YAML)."""
+def parse_value(text: str, source: str = "a value"):
+    """One KEY=VALUE value, read the YAML way: 3 -> int, 1e-4 and 0.1 -> float, true -> bool,
+    null or nothing -> None, [16,32] -> list; anything else stays a string. The one parser of every
+    KEY=VALUE argument (config overrides and sampler options alike)."""
+    text = str(text)
+    return _yaml(text, source) if text.strip() else None
+
+
+def parse_key_value(text: str, example: str = "key=value") -> tuple[str, object]:
+    """'key=value' -> ('key', value parsed by `parse_value`); ValueError naming `text` otherwise."""
     key, sep, raw = str(text).partition("=")
     key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
+    if not sep or not key:
+        raise ValueError(f"{text!r} must look like {example}")
+    return key, parse_value(raw, f"the value of {text!r}")
+
+
+def parse_override(text: str):
+    """'a.b=value' -> (['a', 'b'], value parsed as YAML)."""
+    key, value = parse_key_value(text, "section.key=value (e.g. train.lr=3e-4)")
+    if any(not part for part in key.split(".")):
         raise ValueError(f"override {text!r} must look like section.key=value (e.g. train.lr=3e-4)")
-    return key.split("."), _yaml(raw, f"the value of override {text!r}") if raw.strip() else None
+    return key.split("."), value
+
+
+def sampler_option_names(sampler) -> list[str]:
+    """The options a sampler (a name or the function) takes beyond the common signature
+    (score_fn, sde, x, generator, return_trajectory, progress), `steps` included."""
+    from .samplers import get_sampler
+
+    fn = get_sampler(sampler) if isinstance(sampler, str) else sampler
+    return _params(fn, drop=_SAMPLER_ARGS)
+
+
+def check_sampler_options(sampler, options) -> dict:
+    """`options` if the sampler takes every one of them, else a one-line ValueError listing what it takes."""
+    from .samplers import get_sampler
+
+    fn = get_sampler(sampler) if isinstance(sampler, str) else sampler
+    takes = sampler_option_names(fn)
+    bad = [k for k in options if k not in takes]
+    if bad:
+        name = sampler if isinstance(sampler, str) else getattr(fn, "__name__", str(fn))
+        raise ValueError(f"sampler {name!r} takes no option {', '.join(map(repr, bad))}; its options: "
+                         f"{', '.join(takes) or 'none'}")
+    return dict(options)
+
+
+def parse_sampler_options(items, sampler=None) -> dict:
+    """KEY=VALUE arguments (each value by `parse_value`) as a dict, checked against `sampler` when given."""
+    out = dict(parse_key_value(it, "key=value (e.g. rtol=1e-4)") for it in items or ())
+    return check_sampler_options(sampler, out) if sampler is not None else out
 
 
 #: keys that choose a component; the other keys of their section are that component's options
@@ -192,7 +238,7 @@ def valid_keys(cfg: dict, section: str) -> list[str]:
             fn = get_sampler(part.get("sampler", "pc"))
         except ValueError:
             return list(SAMPLE_KEYS)
-        return list(SAMPLE_KEYS) + _params(fn, drop=_SAMPLER_ARGS)
+        return list(SAMPLE_KEYS) + sampler_option_names(fn)
     raise ValueError(f"unknown config section {section!r}; sections: {list(SECTIONS)}")
 
 

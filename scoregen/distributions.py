@@ -119,11 +119,12 @@ class GaussianMixture:
         return (r[..., None] * comp).sum(1)
 
     def score_fn(self, sde):
-        """The exact score s(x, t) = grad log p_t(x) under `sde`, in the dtype and device of x."""
+        """The exact score s(x, t) = grad log p_t(x) under `sde`, in the dtype and device of x;
+        differentiable in x (so `likelihood.log_likelihood` can take its exact divergence)."""
 
         def fn(x, t):
             t = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0]).cpu()
-            s = self.score(x.detach().double().cpu(), sde.alpha(t), sde.std(t))
+            s = self.score(x.double().cpu(), sde.alpha(t), sde.std(t))
             return s.to(dtype=x.dtype, device=x.device)
 
         return fn
@@ -133,7 +134,7 @@ class GaussianMixture:
 
         def fn(x, t):
             t = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0]).cpu()
-            return self.log_prob(x.detach().double().cpu(), sde.alpha(t), sde.std(t)).to(x.device)
+            return self.log_prob(x.double().cpu(), sde.alpha(t), sde.std(t)).to(x.device)
 
         return fn
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .likelihood import bits_per_dim, log_likelihood
 
-__all__ = ["point_evaluator", "image_evaluator", "measure", "compare_summary", "WITHIN", "points_nll", "images_bpd",
+__all__ = ["point_evaluator", "image_evaluator", "cells", "seconds_per_evaluation", "measure", "compare_summary", "WITHIN", "points_nll", "images_bpd",
            "check_image_run"]
 
 #: `compare_summary`: a sampler is "within" the best value when at most this fraction above it.
@@ -57,27 +57,58 @@ def image_evaluator(name, run_dir: Path, data_dir, seed: int):
 
 
 # --- the table --------------------------------------------------------------------------------------
-def measure(run_dir, samplers, budgets, n, evaluate, *, seed=0, batch_size=None, device="cpu", log=print) -> dict:
-    """{sampler: [{"budget", "nfe", "steps", "value", "seconds"}]}; budgets below one step are left out, a
-    value is None where the samples are not finite (a diverged sampler)."""
-    import torch
-
-    from .recipe import sample_run
+def cells(samplers, budgets, options=None) -> dict:
+    """{sampler: [(budget, steps)]}: the budgets where at least one step fits (unknown names fail here)."""
     from .samplers import get_sampler, steps_for_nfe
 
-    table = {}
+    out = {}
     for name in samplers:
         get_sampler(name)  # unknown names fail before any sampling
         rows = []
         for b in budgets:
             try:
-                k = steps_for_nfe(name, b)
+                rows.append((b, steps_for_nfe(name, b, **(options or {}))))
             except ValueError as e:
-                if "below one step" in str(e):
-                    continue
-                raise
+                if "below one step" not in str(e):
+                    raise
+        out[name] = rows
+    return out
+
+
+def seconds_per_evaluation(run_dir, n: int, batch_size=None, device="cpu", repeats: int = 3) -> float:
+    """Measured seconds of one score evaluation of the run's model on a batch of n prior draws."""
+    import torch
+
+    from .train import load_run
+
+    model, sde, _, meta = load_run(run_dir, device=device)
+    b = min(n, batch_size or n)
+    x = sde.prior_sample((b,) + tuple(meta["data_shape"][1:]), device=device)
+    t = torch.full((b,), float(sde.T), device=device)
+    score = model.score_fn()
+    with torch.no_grad():
+        score(x, t)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            score(x, t)
+    return (time.perf_counter() - t0) / repeats * (-(-n // b))
+
+
+def measure(run_dir, samplers, budgets, n, evaluate, *, seed=0, batch_size=None, device="cpu", log=print,
+            options=None) -> dict:
+    """{sampler: [{"budget", "nfe", "steps", "value", "seconds"}]}; budgets below one step are left out, a
+    value is None where the samples are not finite (a diverged sampler). `options` go to every sampler."""
+    import torch
+
+    from .recipe import sample_run
+
+    options = dict(options or {})
+    table = {}
+    for name, plan in cells(samplers, budgets, options).items():
+        rows = []
+        for b, k in plan:
             t0 = time.perf_counter()
-            res = sample_run(run_dir, n, name, steps=k, seed=seed, batch_size=batch_size, device=device)
+            res = sample_run(run_dir, n, name, steps=k, seed=seed, batch_size=batch_size, device=device, **options)
             seconds = time.perf_counter() - t0
             value = evaluate(res.samples) if torch.isfinite(res.samples).all() else math.inf
             rows.append({"budget": b, "nfe": int(res.nfe), "steps": k, "value": value if math.isfinite(value) else None,
@@ -106,7 +137,10 @@ def compare_summary(table: dict, floor: dict | None) -> dict:
         within = [r["nfe"] for r in ok if r["value"] <= (1 + WITHIN) * value]
         at_floor = [r["nfe"] for r in ok if threshold is not None and r["value"] <= threshold]
         per[s] = {"nfe_within_10pct_of_best": min(within, default=None), "nfe_at_floor": min(at_floor, default=None)}
+    overall = min((r["value"], r["nfe"], s, r["budget"]) for s, rows in table.items() for r in rows
+                  if r["value"] is not None)
     return {"best_at_largest_budget": {"sampler": name, "nfe": nfe, "value": value, "budget": top},
+            "best_overall": {"sampler": overall[2], "nfe": overall[1], "value": overall[0], "budget": overall[3]},
             "floor_threshold": threshold, "samplers": per}
 
 

@@ -178,8 +178,9 @@ def _missing_error(name: str, filenames: list[str], data_dir) -> FileNotFoundErr
     looked = [str(p) for r in search_roots(data_dir) for p in (r / name, r)]
     return FileNotFoundError(
         f"{name} files not found ({', '.join(filenames)}, raw or .gz). Looked in: {', '.join(looked)}. "
-        f"Pass data_dir=FOLDER (CLI: --data-dir) or set SCOREGEN_DATA to a folder holding them, "
-        f"or use download=True to fetch them into {data_dir or _cache_dir()}."
+        f"Pass data_dir=FOLDER (CLI: --data-dir FOLDER) or set SCOREGEN_DATA to a folder holding them, "
+        f"or fetch them into {data_dir or _cache_dir()} with download=True (CLI: the override "
+        f"data.download=true, e.g. `scoregen train --config mnist data.download=true`)."
     )
 
 

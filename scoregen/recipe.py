@@ -18,7 +18,6 @@ import os
 from pathlib import Path
 
 import torch
-import yaml
 
 from . import config as C
 from .data import POINT_DATASETS, load_points, suggest_sigma_max, suggest_sigma_min
@@ -29,8 +28,8 @@ from .samplers import SampleResult, get_sampler
 from .sde import make_sde
 from .train import Normalizer, TrainConfig, Trainer, load_run
 
-__all__ = ["is_point_data", "load_data", "build_sde", "build_model", "train_config", "train_run", "resume_config",
-           "run_value_range", "load_run_config", "sample_run", "CONFIG_NAME"]
+__all__ = ["is_point_data", "absolute_data_name", "load_data", "build_sde", "build_model", "train_config",
+           "train_run", "resume_config", "run_value_range", "load_run_config", "sample_run", "CONFIG_NAME"]
 
 CONFIG_NAME = "config.yaml"
 
@@ -38,6 +37,19 @@ CONFIG_NAME = "config.yaml"
 def is_point_data(name) -> bool:
     name = os.fspath(name)
     return name.strip().lower() in POINT_DATASETS or name.lower().endswith((".npy", ".csv"))
+
+
+def absolute_data_name(name):
+    """A point file's absolute path (so a run folder works from any directory); any other name as it is."""
+    if name is None or not is_point_data(name) or not str(name).lower().endswith((".npy", ".csv")):
+        return name
+    path = Path(os.fspath(name)).expanduser()
+    return str(path.resolve()) if path.is_file() else name
+
+
+def _with_absolute_data(cfg: dict) -> dict:
+    data = cfg.get("data") or {}
+    return {**cfg, "data": {**data, "name": absolute_data_name(data["name"])}} if data.get("name") else cfg
 
 
 def load_data(data_cfg: dict):
@@ -156,7 +168,7 @@ def load_run_config(run_dir) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: {run_dir} is not a scoregen run folder "
                                 "(make one with `scoregen train --out RUN_DIR`)")
-    return yaml.safe_load(path.read_text())
+    return C.parse_value(path.read_text(), str(path))  # YAML read as config files are (1e-4 a float)
 
 
 #: what may change when a run resumes: the schedule and bookkeeping, never the model, data or loss
@@ -205,7 +217,10 @@ def train_run(cfg: dict, run_dir, *, resume: bool = True, overrides=None, callba
         if overrides is None:
             steps = cfg.get("train", {}).get("steps")
             overrides = [] if steps is None else [f"train.steps={steps}"]
-        cfg = resume_config(load_run_config(run_dir), overrides)
+        overrides = [f"data.name={absolute_data_name(o.split('=', 1)[1])}" if o.startswith("data.name=") else o
+                     for o in overrides]
+        cfg = resume_config(_with_absolute_data(load_run_config(run_dir)), overrides)
+    cfg = _with_absolute_data(cfg)  # a data file is recorded by its absolute path
     x, labels = load_data(cfg["data"])
     tc = train_config(cfg, progress=progress)
     normalizer = Normalizer.fit(x) if tc.normalize else Normalizer()
@@ -246,8 +261,12 @@ def sample_run(run_dir, n: int | None = None, sampler: str | None = None, *, ste
     fn = get_sampler(name)
     if sampler is None:  # the run's own sampler options apply only to its own sampler
         options = {**{k: v for k, v in sc.items() if k not in C.SAMPLE_KEYS}, **options}
-    n = int(n or sc.get("n", 1000))
+    C.check_sampler_options(name, options)
+    n = int(n if n is not None else sc.get("n", 1000))
     batch = int(batch_size or sc.get("batch_size", n))
+    if n < 1 or batch < 1:
+        raise ValueError(f"the number of samples and the batch size must be positive integers, got n={n}, "
+                         f"batch_size={batch}")
     if steps is not None:
         options["steps"] = int(steps)
     g = torch.Generator(device=device).manual_seed(int(seed if seed is not None else sc.get("seed", 0)))

@@ -31,6 +31,7 @@ Diffusion Implicit Models" (eq. 12); Lu et al. 2022, "DPM-Solver++" (Algorithms 
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -426,6 +427,8 @@ def _ode_variant(method):
 
     fn.__name__ = fn.__qualname__ = f"ode_{method}"
     fn.__doc__ = f"The probability-flow ODE with fixed-step {method} (`ode` with method={method!r})."
+    sig = inspect.signature(ode)  # its options are ode's, less `method` (for option checks)
+    fn.__signature__ = sig.replace(parameters=[p for n, p in sig.parameters.items() if n != "method"])
     return fn
 
 

@@ -16,6 +16,13 @@ import numpy as np
 import torch
 
 from ..images import IMAGE_DATASETS, parse_value_range, scale_images, unscale_images
+from .common import show_progress  # noqa: F401 (the commands' progress bars)
+
+
+def coordinate_label(i: int) -> str:
+    from ..plots import coordinate_label as label
+
+    return label(i)
 
 
 def add_common_arguments(p, command: str) -> None:
@@ -23,8 +30,9 @@ def add_common_arguments(p, command: str) -> None:
     p.add_argument("--input", required=True, metavar="NAME|FILE",
                    help="a data set name (e.g. mnist: --n test images from --start), a .npy/.npz array or a PNG")
     p.add_argument("--split", default="test", help="data set split (default test)")
-    p.add_argument("--n", type=int, default=8, help="number of data set examples (default 8)")
-    p.add_argument("--start", type=int, default=0, help="index of the first data set example")
+    p.add_argument("--n", type=int, default=None, help="number of input examples, from --start: of a data set "
+                   f"(default {DATASET_N}) or of a file's rows (default all)")
+    p.add_argument("--start", type=int, default=0, help="index of the first input example (data set or file)")
     p.add_argument("--samples", type=int, default=4, help="samples per input (default 4)")
     p.add_argument("--steps", type=int, default=200, help="sampler steps (default 200)")
     p.add_argument("--seed", type=int, default=0)
@@ -32,6 +40,13 @@ def add_common_arguments(p, command: str) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, metavar="DIR", help=f"output folder (default RUN_DIR/{command})")
+    from .common import add_progress_flag
+
+    add_progress_flag(p)
+
+
+#: examples read from a data set when --n is not given
+DATASET_N = 8
 
 
 class Run:
@@ -71,8 +86,9 @@ def read_input(spec, run: Run, args):
     if key in IMAGE_DATASETS and not run.points:
         from ..images import load_images
 
+        n = DATASET_N if args.n is None else args.n
         x, y = load_images(key, args.split, data_dir=args.data_dir, value_range=run.value_range,
-                           limit=args.start + args.n)
+                           limit=args.start + n)
         return run.check(x[args.start:], "input"), y[args.start:], key
     path = Path(name)
     if not path.is_file():
@@ -80,7 +96,11 @@ def read_input(spec, run: Run, args):
     x = read_array(path, run.value_range)
     if tuple(x.shape) == run.shape:
         x = x[None]
-    return run.check(x, "input"), None, None
+    x = run.check(x, "input")
+    if args.start >= len(x):
+        raise ValueError(f"--start {args.start} is past the {len(x)} examples of {name}")
+    stop = len(x) if args.n is None else args.start + args.n
+    return x[args.start:stop], None, None
 
 
 def read_array(path: Path, value_range=(0, 1)) -> torch.Tensor:
@@ -124,30 +144,48 @@ def classifier_accuracy(samples01: torch.Tensor, labels: torch.Tensor, dataset: 
     return float((pred == labels[:, None]).double().mean())
 
 
-def image_panel(rows: list[list[torch.Tensor]], path) -> Path:
-    """One row of [0, 1] images (C, H, W) per input; images of another size are resized (nearest)."""
-    from ..plots import image_grid
+def image_panel(rows: list[list[torch.Tensor]], path, headings: list[str], suptitle: str | None = None) -> Path:
+    """One row of [0, 1] images (C, H, W) per input under a heading per column; images of another
+    size are resized (nearest) to the first one's."""
+    from ..plots import image_table
 
     c, h, w = rows[0][0].shape
-    ncol = max(len(r) for r in rows)
-    cells = []
+    table = []
     for r in rows:
-        for j in range(ncol):
-            im = r[j] if j < len(r) else torch.ones(c, h, w)
+        cells = []
+        for im in r:
             if tuple(im.shape[-2:]) != (h, w):
                 im = torch.nn.functional.interpolate(im[None], size=(h, w), mode="nearest")[0]
             cells.append(im.expand(c, h, w))
-    return image_grid(torch.stack(cells), path, nrow=ncol)
+        table.append(cells)
+    return image_table(table, headings, path, suptitle=suptitle)
 
 
-def point_panel(inputs, samples, path, truth=None) -> Path:
+def sample_headings(s: int) -> list[str]:
+    return [f"sample {k + 1}" for k in range(s)]
+
+
+def point_coords(d: int, unknown=()) -> tuple[int, int]:
+    """The two coordinates a point panel shows: a known one against the first unknown one (so an imputed
+    coordinate is always in the picture), else the first two."""
+    if d < 2:
+        raise ValueError(f"point panels need D >= 2 coordinates, got D={d}")
+    unknown = [int(i) for i in unknown]
+    known = [i for i in range(d) if i not in unknown]
+    if unknown and known:
+        return known[0], unknown[0]
+    return 0, 1
+
+
+def point_panel(inputs, samples, path, truth=None, coords=(0, 1), titles: dict | None = None,
+                suptitle: str | None = None) -> Path:
     from ..plots import scatter_panels
 
     panels = {"input": inputs.reshape(-1, inputs.shape[-1]).numpy(),
               "samples": samples.reshape(-1, samples.shape[-1]).numpy()}
     if truth is not None:
         panels["truth"] = truth.reshape(-1, truth.shape[-1]).numpy()
-    return scatter_panels(panels, path)
+    return scatter_panels(panels, path, coords=coords, titles=titles, suptitle=suptitle)
 
 
 def out_dir(args, command: str) -> Path:
@@ -166,7 +204,7 @@ def write_outputs(out: Path, arrays: dict, summary: dict) -> None:
 def check_counts(args) -> None:
     for name in ("n", "samples", "steps"):
         v = getattr(args, name)
-        if v < 1:
+        if v is not None and v < 1:
             raise ValueError(f"--{name} must be a positive integer, got {v}")
     if args.start < 0:
         raise ValueError(f"--start must be >= 0, got {args.start}")

@@ -10,12 +10,16 @@ Each sampler gets, for each budget B in --nfe, the largest step count whose scor
     images   classifier FID against the test split (image_metrics.evaluate_images), with the
              test-vs-train floor at the same sizes.
 
-The summary gives the best value at the largest budget and, for each sampler, the smallest NFE within
-10% of it and the smallest NFE at the floor (mean + 2 std), the two yardsticks of issue 5.
+The summary gives the best value at the largest budget (and the best in the whole table) and, for each
+sampler, the smallest NFE within 10% of the former and the smallest NFE at the floor (mean + 2 std),
+the two yardsticks of issue 5. Before sampling, the command prints an estimate of its running time
+from the total NFE and the measured cost of one score evaluation.
 """
 from __future__ import annotations
 
 import json
+import math
+import time
 from pathlib import Path
 
 HELP = "quality against NFE for every sampler on a trained run: a JSON table and a PNG plot"
@@ -23,7 +27,12 @@ HELP = "quality against NFE for every sampler on a trained run: a JSON table and
 DEFAULT_SAMPLERS = ["ddim", "dpmpp2m", "dpmpp3m", "dpmpp2s", "heun", "ode_euler", "ode_heun", "euler_maruyama",
                     "reverse_diffusion", "pc"]
 DEFAULT_NFE = {"points": [10, 20, 50, 100, 200, 1000], "images": [10, 20, 50, 100]}
-WITHIN = 0.10
+
+EXAMPLES = [
+    "scoregen compare runs/mix",
+    "scoregen compare runs/mix --samplers ddim dpmpp2m heun --nfe 10 20 50 --n 1000",
+    "scoregen compare runs/mix --samplers heun --nfe 20 100 churn=40",
+]
 
 
 def add_arguments(parser) -> None:
@@ -39,10 +48,34 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="samples per sampler call (default: all)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda[:i] or auto")
     parser.add_argument("--out", default=None, metavar="DIR", help="where compare.json/.png go (default RUN_DIR)")
+    from .common import add_sampler_options
+
+    add_sampler_options(parser, "churn=40 for heun; every sampler compared must take each option")
 
 
 # --- quality measures and the table: in the library (scoregen.evaluation), re-exported here ----------
-from ..evaluation import compare_summary as summarize, image_evaluator, measure, point_evaluator  # noqa: E402,F401
+from ..evaluation import (WITHIN, cells, compare_summary as summarize, image_evaluator,  # noqa: E402,F401
+                          measure, point_evaluator, seconds_per_evaluation)
+
+
+def summary_lines(summary: dict, metric: str, floor: dict | None) -> list[str]:
+    """The summary in words: never a bare None."""
+    top, best = summary["best_at_largest_budget"], summary["best_overall"]
+    lines = [f"best at the largest budget (NFE <= {top['budget']}): {top['sampler']} at NFE {top['nfe']}, "
+             f"{metric} {top['value']:.4g}"]
+    if (best["sampler"], best["nfe"]) != (top["sampler"], top["nfe"]):
+        lines.append(f"best in the whole table: {best['sampler']} at NFE {best['nfe']}, {metric} {best['value']:.4g}")
+    lines.append(f"noise floor {floor['mean']:.4g} +- {floor['std']:.2g} "
+                 f"(at the floor: <= {summary['floor_threshold']:.4g})"
+                 if floor else "no noise floor (the reference is the data file itself)")
+    for s, v in summary["samplers"].items():
+        within, at = v["nfe_within_10pct_of_best"], v["nfe_at_floor"]
+        w = (f"within 10% of the best from NFE {within}" if within is not None
+             else "never within 10% of the best")
+        f = ("" if not floor else f", at the floor from NFE {at}" if at is not None
+             else ", never at the floor at these budgets")
+        lines.append(f"  {s:18s} {w}{f}")
+    return lines
 
 
 def plot(table: dict, metric: str, floor: dict | None, path: Path, title: str) -> None:
@@ -70,41 +103,49 @@ def plot(table: dict, metric: str, floor: dict | None, path: Path, title: str) -
 
 def run(args) -> int:
     from ..recipe import is_point_data, load_run_config
-    from .common import parse_device
+    from .common import check_positive, parse_device, run_data, sampler_options
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
     cfg = load_run_config(run_dir)
-    data = args.data or (cfg.get("data") or {}).get("name")
-    if data is None:
-        raise ValueError(f"{run_dir}/config.yaml names no data set; pass --data NAME_OR_FILE")
+    data = run_data(cfg, args.data, run_dir)
     kind = "points" if is_point_data(data) else "images"
     budgets = sorted(set(args.nfe or DEFAULT_NFE[kind]))
     if any(b < 1 for b in budgets):
         raise ValueError(f"--nfe budgets must be positive integers, got {budgets}")
+    check_positive(n=args.n, batch_size=args.batch_size)
     n = args.n or (2000 if kind == "points" else 1000)
     if n < 2:
         raise ValueError(f"--n must be at least 2, got {n}")
+    options = sampler_options(args, args.samplers)
+    plan = cells(args.samplers, budgets, options)
+    device = parse_device(args.device)
+    total = sum(b for rows in plan.values() for b, _ in rows)
+    per_eval = seconds_per_evaluation(run_dir, n, args.batch_size, device)
+    print(f"scoregen compare {run_dir}: {sum(map(len, plan.values()))} cells ({len(plan)} samplers x budgets "
+          f"{budgets}), {total} score evaluations of n={n} in all: about {_duration(total * per_eval)} of sampling "
+          f"({1000 * per_eval:.3g} ms per evaluation), plus the {'energy distances' if kind == 'points' else 'FIDs'}")
     if kind == "points":
         metric, evaluate, floor = point_evaluator(data, n, args.seed)
     else:
         data_dir = args.data_dir or (cfg.get("data") or {}).get("data_dir")
         metric, evaluate, floor = image_evaluator(data, run_dir, data_dir, args.seed)
-    print(f"scoregen compare {run_dir}: {metric} of n={n} samples of {data!r} against NFE")
+    print(f"{metric} of n={n} samples of {data!r} against NFE")
+    t0 = time.perf_counter()
     table = measure(run_dir, args.samplers, budgets, n, evaluate, seed=args.seed, batch_size=args.batch_size,
-                    device=parse_device(args.device))
+                    device=device, options=options)
     result = {"run_dir": str(run_dir), "data": str(data), "kind": kind, "metric": metric, "n": n,
-              "budgets": budgets, "floor": floor or None, "table": table, "summary": summarize(table, floor or None)}
+              "budgets": budgets, "options": options, "floor": floor or None, "table": table,
+              "summary": summarize(table, floor or None)}
     out = Path(args.out) if args.out else run_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(result, indent=1, allow_nan=False))
     plot(table, metric, floor or None, out / "compare.png", f"{run_dir.name}: {metric} vs NFE (n={n})")
-    best = result["summary"]["best_at_largest_budget"]
-    print(f"best at NFE {best['nfe']}: {best['sampler']} {metric}={best['value']:.4g}"
-          + (f"; floor {floor['mean']:.4g} +- {floor['std']:.2g}" if floor else ""))
-    for s, v in result["summary"]["samplers"].items():
-        print(f"  {s:18s} within 10% of best at NFE {v['nfe_within_10pct_of_best']}, "
-              f"at the floor at NFE {v['nfe_at_floor']}")
-    print(f"wrote {out / 'compare.json'} and {out / 'compare.png'}")
+    print("\n".join(summary_lines(result["summary"], metric, floor or None)))
+    print(f"wrote {out / 'compare.json'} and {out / 'compare.png'} in {_duration(time.perf_counter() - t0)}")
     return 0
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"

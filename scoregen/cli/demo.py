@@ -25,6 +25,12 @@ DEMO_SAMPLERS = [
 ]
 
 
+EXAMPLES = [
+    "scoregen demo --out scoregen-demo",
+    "scoregen demo --out demo-moons --data moons --samplers dpmpp2m heun pc --no-progress",
+]
+
+
 def add_arguments(p):
     p.add_argument("--out", default="scoregen-demo", help="output folder (default: scoregen-demo)")
     p.add_argument("--data", default="seed", help="point data set or .npy/.csv file (default: the seed's mixture)")
@@ -33,8 +39,13 @@ def add_arguments(p):
     p.add_argument("--samplers", nargs="*", default=None, help="subset of samplers to run")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fresh", action="store_true", help="retrain even if OUT/run holds a finished run")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for training")
+    p.add_argument("--fresh", action="store_true", help="retrain even if OUT/run holds a finished run (a rerun "
+                   "without it reuses OUT/run, and keeps the other samplers' entries of OUT/metrics.json)")
+    from .common import add_progress_flag
+
+    add_progress_flag(p)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for training, e.g. "
+                   "train.lr=1e-3 (values read as YAML)")
 
 
 def run(args):
@@ -55,9 +66,20 @@ def run(args):
     cfg = C.load_config("points", overrides)
     data = load_points(args.data)
 
+    from .common import show_progress
+
+    run_dir = out / "run"
+    before = _trained_step(run_dir) if not args.fresh else None
     t0 = time.perf_counter()
-    trainer = train_run(cfg, out / "run", resume=not args.fresh)
+    trainer = train_run(cfg, run_dir, resume=not args.fresh, progress=show_progress(args))
     train_seconds = time.perf_counter() - t0
+    reused = before is not None and before == trainer.step
+    if reused:
+        print(f"reusing the trained run in {run_dir} (step {trainer.step}); --fresh retrains it")
+    elif before is not None:
+        print(f"resumed the run in {run_dir} from step {before} to {trainer.step}")
+    else:
+        print(f"trained {run_dir} for {trainer.step} steps in {train_seconds:.1f} s")
     model, sde, normalizer, _ = load_run(out / "run")
 
     ref_draw = reference_sampler(args.data)
@@ -88,27 +110,81 @@ def run(args):
         print(f"{name:18s} NFE {res.nfe:5d}  {secs:6.2f}s  energy distance {r['energy_distance']:.4f}"
               + (f"  shares {np.round(r['component_shares'], 3).tolist()}" if mixture is not None else ""))
 
-    best = min(results, key=lambda k: results[k]["energy_distance"]) if results else None
-    titles = {k: f"{k}\nNFE {v['nfe']}, ED {v['energy_distance']:.4f}" for k, v in results.items()}
+    titles = {k: f"{k}\nNFE {v['nfe']}, energy distance {v['energy_distance']:.4f}" for k, v in results.items()}
+    floor_txt = (f"; noise floor {floor['mean']:.4f}, p95 {floor['p95']:.4f}" if floor else "")
     pics = {
         "samples": plots.scatter_panels({"data": data, **panels}, out / "samples.png", reference=None,
-                                        titles={"data": f"data ({len(data)} points)", **titles}),
+                                        titles={"data": f"data ({len(data)} points)", **titles},
+                                        suptitle=f"{args.n} samples per sampler; energy distance to {len(reference)} "
+                                                 f"fresh data points (lower is better){floor_txt}"),
         "trajectories": plots.trajectories(trajs, out / "trajectories.png", reference=data),
         "loss": plots.loss_curve(trainer.loss_history, out / "loss.png"),
         "score_field": _score_field_picture(model, sde, normalizer, mixture, data, out / "score_field.png"),
     }
     metrics = {
         "data": args.data, "n_data": len(data), "train_steps": trainer.step, "train_seconds": round(train_seconds, 2),
-        "final_loss": float(np.mean(trainer.loss_history[-500:])), "sde": sde.config(),
-        "n_samples": args.n, "n_reference": len(reference),
-        "energy_distance_floor": floor, "best_sampler": best, "samplers": results,
-        "pictures": {k: str(v) for k, v in pics.items()},
+        "final_loss": float(np.mean(trainer.loss_history[-500:])), "sde": sde.config(), "seed": args.seed,
+        "n_samples": args.n, "n_reference": len(reference), "energy_distance_floor": floor,
+        "target_shares": mixture.weights.tolist() if mixture is not None else None,
     }
+    kept = _previous_results(out / "metrics.json", metrics) if reused else {}
+    kept = {k: v for k, v in kept.items() if k not in results}
+    if kept:
+        print(f"kept the results of {', '.join(kept)} from the previous {out / 'metrics.json'} (same run, n and seed)")
+    results = {**kept, **results}
+    for r in results.values():
+        r["at_noise_floor"] = bool(r["energy_distance"] <= floor["p95"]) if floor else None
+    best, verdict = ranking(results, floor)
+    metrics.update({"best_sampler": best, "verdict": verdict, "samplers": results,
+                    "pictures": {k: str(v) for k, v in pics.items()}})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    floor_txt = f" (noise floor {floor['mean']:.4f} +- {floor['std']:.4f}, p95 {floor['p95']:.4f})" if floor else ""
-    if best:
-        print(f"best sampler: {best}, energy distance {results[best]['energy_distance']:.4f}{floor_txt}")
+    print(verdict)
     print(f"wrote {out / 'metrics.json'} and pictures {', '.join(p.name for p in pics.values())}")
+
+
+def ranking(results: dict, floor: dict | None) -> tuple[str | None, str]:
+    """(best sampler or None, the verdict in words). A sampler is at the noise floor when its energy
+    distance is within the 95th percentile of the distance between two fresh samples of the data:
+    samplers at the floor cannot be told apart at this n, so none of them is named best."""
+    if not results:
+        return None, "no sampler was run"
+    order = sorted(results, key=lambda k: results[k]["energy_distance"])
+    best = order[0]
+    ed = results[best]["energy_distance"]
+    if floor is None:
+        return best, f"best sampler: {best}, energy distance {ed:.4f} (no noise floor for a data file)"
+    at = [k for k in order if results[k]["energy_distance"] <= floor["p95"]]
+    head = f"noise floor {floor['mean']:.4f} +- {floor['std']:.4f}, p95 {floor['p95']:.4f}"
+    if len(at) == len(order) and len(order) > 1:
+        return None, (f"all {len(order)} samplers are at the noise floor ({head}): no test on these samples "
+                      "tells them apart, so none is best")
+    if len(at) > 1:
+        return None, (f"{len(at)} samplers are at the noise floor and cannot be told apart: {', '.join(at)} "
+                      f"({head}); above it: {', '.join(k for k in order if k not in at)}")
+    where = "at" if at else "above"
+    return best, f"best sampler: {best}, energy distance {ed:.4f}, {where} the noise floor ({head})"
+
+
+def _trained_step(run_dir: Path):
+    """The step of the checkpoint in run_dir, None where there is none."""
+    from scoregen.checkpoint import load_checkpoint
+
+    if not (run_dir / "checkpoint.pt").exists():
+        return None
+    try:
+        return int(load_checkpoint(run_dir)["step"])
+    except (ValueError, FileNotFoundError, KeyError):
+        return None
+
+
+def _previous_results(path: Path, now: dict) -> dict:
+    """The samplers of an earlier metrics.json of the same run, n, seed and data; {} otherwise."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    same = all(old.get(k) == now[k] for k in ("data", "train_steps", "n_samples", "seed"))
+    return dict(old.get("samplers") or {}) if same else {}
 
 
 def _score_field_picture(model, sde, normalizer, mixture, data, path):
@@ -134,5 +210,7 @@ def _score_field_picture(model, sde, normalizer, mixture, data, path):
                 return mixture.score(p.double() - (1 - a) * mean.double(), a, s * scale)
 
             fields[f"exact, noise std {std_n * scale:.2f}"] = exact
+    # one row per noise level: exact | learned when the law is known, else the learned fields in one row
     order = sorted(fields, key=lambda k: (float(k.rsplit(" ", 1)[1]), k.startswith("learned")))
-    return plots.score_fields({k: fields[k] for k in order}, path, lo, hi)
+    return plots.score_fields({k: fields[k] for k in order}, path, lo, hi, ncols=2 if mixture is not None else 3,
+                              suptitle="score fields: directions, colour = log10 |score| (data units)")

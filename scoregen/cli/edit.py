@@ -15,6 +15,11 @@ from . import _steering as S
 
 HELP = "SDEdit: noise inputs to time t0 and denoise them with a trained run (PNG panel + .npz)"
 
+EXAMPLES = [
+    "scoregen edit runs/mix --input points.npy --t0 0.3",
+    "scoregen edit runs/mnist --input mnist --n 4 --t0 0.5",
+]
+
 
 def add_arguments(p) -> None:
     S.add_common_arguments(p, "edit")
@@ -34,14 +39,16 @@ def run(args) -> int:
     t0 = time.perf_counter()
     with torch.no_grad():
         res = sdedit(run.model.score_fn(), run.sde, S.repeat(run.to_model(x), s), t0=args.t0, steps=args.steps,
-                     corrector=args.corrector, snr=args.snr, generator=g, progress=True)
+                     corrector=args.corrector, snr=args.snr, generator=g, progress=S.show_progress(args))
     samples = run.to_data(res.samples).reshape((n, s) + run.shape)
     out = S.out_dir(args, "edit")
     if run.points:
-        S.point_panel(x, samples, out / "panel.png")
+        S.point_panel(x, samples, out / "panel.png",
+                      titles={"input": f"input ({n} points)", "samples": f"{s} edits per input (t0={args.t0})"})
     else:
         x01, s01 = S.to_unit(x, run), S.to_unit(samples, run)
-        S.image_panel([[x01[i], *s01[i]] for i in range(n)], out / "panel.png")
+        S.image_panel([[x01[i], *s01[i]] for i in range(n)], out / "panel.png",
+                      ["input", *[f"edit {k + 1}" for k in range(s)]], suptitle=f"SDEdit from t0={args.t0}")
     dist = (samples - x[:, None]).reshape(n * s, -1).pow(2).mean(1).sqrt()
     summary = {"command": "edit", "run_dir": str(args.run_dir), "input": str(args.input), "t0": args.t0, "n": n,
                "samples": s, "steps": args.steps, "nfe": res.nfe, "seconds": round(time.perf_counter() - t0, 2),

@@ -26,6 +26,12 @@ HELP = ("MNIST / Fashion-MNIST runs: classifier FID and KID against the test spl
 
 GRID_IMAGES = 64
 
+EXAMPLES = [
+    "scoregen evaluate runs/mnist --sampler pc --steps 500 --n 500",
+    "scoregen evaluate runs/mnist --sampler heun --steps 500 --n 500 churn=40",
+    "scoregen evaluate runs/mnist --samples runs/mnist/samples.npz",
+]
+
 
 def add_arguments(p) -> None:
     from ..samplers import sampler_names
@@ -44,6 +50,9 @@ def add_arguments(p) -> None:
     p.add_argument("--kid-subsets", type=int, default=100, help="random subsets averaged by KID")
     p.add_argument("--device", default="cpu", help="cpu, cuda[:i] or auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    from .common import add_sampler_options
+
+    add_sampler_options(p, "churn=40 for heun, snr=0.1 for pc")
 
 
 from ..evaluation import check_image_run as check_run  # noqa: E402,F401  (in the library, re-exported here)
@@ -71,17 +80,21 @@ def draw_samples(run_dir: Path, cfg: dict, args) -> tuple[torch.Tensor, dict]:
     from ..recipe import run_value_range, sample_run
     from .common import parse_device
 
+    from .common import check_positive, chosen_sampler, sampler_options
+
     n = args.n if args.n is not None else 1000
     if n < 2:
         raise ValueError(f"--n must be at least 2, got {n}")
+    check_positive(steps=args.steps, batch_size=args.batch_size)
     sc = cfg.get("sample") or {}
+    opts = sampler_options(args, chosen_sampler(cfg, args.sampler))
     t0 = time.perf_counter()
     res = sample_run(run_dir, n, args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-                     device=parse_device(args.device))
+                     device=parse_device(args.device), **opts)
     seconds = time.perf_counter() - t0
     steps = args.steps if args.steps is not None else (sc.get("steps") if args.sampler is None else None)
     info = {"sampler": args.sampler or sc.get("sampler", "pc"), "steps": steps, "nfe": int(res.nfe),
-            "seconds": round(seconds, 2), "train_step": int(load_checkpoint(run_dir)["step"])}
+            "options": opts, "seconds": round(seconds, 2), "train_step": int(load_checkpoint(run_dir)["step"])}
     if not torch.isfinite(res.samples).all():
         raise ValueError(f"the {info['sampler']} sampler diverged (non-finite samples); try more --steps "
                          "or another --sampler")
@@ -107,10 +120,12 @@ def run(args) -> int:
     run_dir = Path(args.run_dir)
     cfg, name = check_run(run_dir)
     if args.samples is not None:
-        if args.sampler is not None or args.steps is not None or args.n is not None:
-            raise ValueError("--samples scores a file as it is; leave out --sampler, --steps and --n with it")
+        if args.sampler is not None or args.steps is not None or args.n is not None or args.options:
+            raise ValueError("--samples scores a file as it is; leave out --sampler, --steps, --n and sampler "
+                             f"options{' ' + ' '.join(args.options) if args.options else ''} with it")
         images = read_samples(args.samples)
-        info = {"source": str(args.samples), "sampler": None, "steps": None, "nfe": None, "seconds": None,
+        info = {"source": str(args.samples), "sampler": None, "steps": None, "nfe": None, "options": {},
+                "seconds": None,
                 "train_step": None}
     else:
         images, info = draw_samples(run_dir, cfg, args)

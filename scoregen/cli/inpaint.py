@@ -18,6 +18,11 @@ from . import _steering as S
 
 HELP = "inpaint / impute the unknown part of inputs under a mask with a trained run (PNG panel + .npz)"
 
+EXAMPLES = [
+    "scoregen inpaint runs/mix --input points.npy --n 4 --mask 1,0",
+    "scoregen inpaint runs/mnist --input mnist --n 4 --mask box --resample 2",
+]
+
 
 def add_arguments(p) -> None:
     S.add_common_arguments(p, "inpaint")
@@ -69,16 +74,24 @@ def run(args) -> int:
     with torch.no_grad():
         res = impute(run.model.score_fn(), run.sde, start, observed=S.repeat(run.to_model(x), s), mask=mask.to(args.device),
                      steps=args.steps, resample=args.resample, jump=args.jump, corrector=args.corrector, snr=args.snr,
-                     generator=g, progress=True)
+                     generator=g, progress=S.show_progress(args))
     samples = run.to_data(res.samples).reshape((n, s) + run.shape)
     out = S.out_dir(args, "inpaint")
     if run.points:
-        S.point_panel(x, samples, out / "panel.png")
+        unknown = [i for i in range(run.shape[0]) if float(mask.reshape(-1)[i]) == 0]
+        i, j = S.point_coords(run.shape[0], unknown)
+        names = {k: S.coordinate_label(k) for k in (i, j)}
+        what = ", ".join(f"{names[k]} {'imputed' if k in unknown else 'known'}" for k in (i, j))
+        S.point_panel(x, samples, out / "panel.png", coords=(i, j),
+                      titles={"input": f"input ({n} points)", "samples": f"{s} imputations per input"},
+                      suptitle=f"{what}; unknown: {', '.join(map(S.coordinate_label, unknown)) or 'none'}")
     else:
         x01 = S.to_unit(x, run)
         shown = x01 * mask + 0.5 * (1 - mask)  # unknown pixels grey
         s01 = S.to_unit(samples, run)
-        S.image_panel([[shown[i], *s01[i], x01[i]] for i in range(n)], out / "panel.png")
+        S.image_panel([[shown[i], *s01[i], x01[i]] for i in range(n)], out / "panel.png",
+                      ["observed", *S.sample_headings(s), "input"],
+                      suptitle=f"inpainting, mask {args.mask}: grey = unknown pixels")
     summary = {"command": "inpaint", "run_dir": str(args.run_dir), "input": str(args.input), "n": n, "samples": s,
                "steps": args.steps, "resample": args.resample, "jump": args.jump, "corrector": args.corrector,
                "nfe": res.nfe, "known_fraction": float(mask.mean()), "seconds": round(time.perf_counter() - t0, 2),

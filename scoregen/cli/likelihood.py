@@ -22,7 +22,16 @@ import torch
 
 from ..likelihood import PROBES, SOLVERS
 
-HELP = "exact log-likelihood (nats) and bits/dim of data under a trained run, through the probability-flow ODE"
+HELP = ("exact log-likelihood (nats per example) of data under a trained run through the probability-flow ODE; "
+        "for images also bits/dim")
+
+EXAMPLES = [
+    "scoregen likelihood runs/mix --data seed --exact --out nll.json",
+    "scoregen likelihood runs/mix --n 200 --hutchinson 4",
+]
+
+#: what the summary says of bits/dim for points (the statistic applies to discrete images)
+BPD_POINTS = "bits/dim applies to images (discrete 8-bit pixels); for points see nll_mean, nats per example"
 
 #: number of grey levels of the 'digits' set (values 0..16); every other image set is 8-bit
 _LEVELS = {"digits": 17}
@@ -30,9 +39,9 @@ _LEVELS = {"digits": 17}
 
 def add_arguments(parser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a training run folder (holds checkpoint.pt)")
-    parser.add_argument("--data", required=True, metavar="FILE|NAME",
+    parser.add_argument("--data", default=None, metavar="FILE|NAME",
                         help="points: a data.POINT_DATASETS name or a .npy/.csv file; images: mnist, "
-                             "fashion-mnist, digits or cifar10")
+                             "fashion-mnist, digits or cifar10 (default: the run's data.name)")
     div = parser.add_mutually_exclusive_group()
     div.add_argument("--exact", action="store_true", help="exact divergence (default up to 64 dimensions)")
     div.add_argument("--hutchinson", type=int, metavar="K",
@@ -60,7 +69,9 @@ def add_arguments(parser) -> None:
                         help="torch CPU threads (default: torch's choice; 1 is far faster on a busy shared CPU)")
     parser.add_argument("--out", default=None, metavar="FILE.json",
                         help="summary and per-example values (default RUN_DIR/likelihood.json)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .common import add_progress_flag
+
+    add_progress_flag(parser)
 
 
 # --- evaluation: in the library (scoregen.evaluation), re-exported here ------------------------------
@@ -98,13 +109,15 @@ def _options(args) -> dict:
 
 def run(args) -> int:
     from ..images import load_images
-    from ..recipe import is_point_data, run_value_range
+    from ..recipe import is_point_data, load_run_config, run_value_range
     from ..train import load_run
-    from .common import parse_device
+    from .common import parse_device, run_data, show_progress
 
     run_dir = Path(args.run_dir)
     if not run_dir.exists():
         raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
+    if args.data is None:
+        args.data = run_data(load_run_config(run_dir), None, run_dir)
     options = _options(args)
     if args.threads:
         if args.threads < 0:
@@ -115,7 +128,7 @@ def run(args) -> int:
     model = model.to(dtype)
     score_fn = model.score_fn()
     gen = torch.Generator(device).manual_seed(args.seed)
-    progress = not args.no_progress
+    progress = show_progress(args)
     key = str(args.data).lower().replace("_", "-")
     is_image = not is_point_data(args.data)
     data_shape = list(meta["data_shape"][1:])
@@ -144,6 +157,7 @@ def run(args) -> int:
     summary = summarize(nll, nfe, time.perf_counter() - t0, bpd)
     summary.update({"n": int(nll.shape[0]), "dim": int(np.prod(data_shape)), "data": str(args.data),
                     "run_dir": str(run_dir), "options": {k: v for k, v in options.items()}, "device": str(device),
+                    **({} if is_image else {"bpd_note": BPD_POINTS}),
                     "per_example": per_example})
     out = Path(args.out) if args.out else run_dir / "likelihood.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -161,5 +175,7 @@ def _print(s: dict, out: Path) -> None:
     line = f"NLL {s['nll_mean']:.4f} +- {s['nll_se']:.4f} nats per example (n={s['n']}, D={s['dim']})"
     if s["bpd_mean"] is not None:
         line += f"; {s['bpd_mean']:.4f} +- {s['bpd_se']:.4f} bits/dim"
+    else:
+        line += " (bits/dim applies to images)"
     print(line)
     print(f"NFE {s['nfe_mean']:.1f} per batch; {s['seconds']:.2f} s; written to {out}")

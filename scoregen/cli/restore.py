@@ -27,6 +27,11 @@ from . import _steering as S
 HELP = "solve a linear inverse problem (inpainting, super-resolution, deblurring, colorization) by posterior sampling"
 METHODS = ("pigdm", "dps", "dps-score", "posterior", "posterior-const")
 
+EXAMPLES = [
+    "scoregen restore runs/mix --input points.npy --operator matrix --matrix A.npy --sigma-y 0.1",
+    "scoregen restore runs/mnist --input mnist --n 4 --operator superres --factor 2",
+]
+
 
 def add_arguments(p) -> None:
     from ..operators import OPERATORS
@@ -93,7 +98,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     if args.method == "dps":
         res = inverse.dps(score, sde, start, operator=op, y=ym, steps=args.steps, zeta=args.zeta, generator=g,
-                          progress=True)
+                          progress=S.show_progress(args))
     else:
         if args.method == "pigdm":
             v = args.data_var or (1.0 if run.cfg["train"].get("normalize", True) else float(run.to_model(x).var()))
@@ -103,15 +108,19 @@ def run(args) -> int:
         else:
             fn = inverse.posterior_score(score, sde, op, ym, sym, inflate=args.method == "posterior")
         with torch.no_grad():
-            res = reverse_diffusion(fn, sde, start, steps=args.steps, generator=g, progress=True)
+            res = reverse_diffusion(fn, sde, start, steps=args.steps, generator=g, progress=S.show_progress(args))
     samples = run.to_data(res.samples.detach()).reshape((n, s) + run.shape)
     out = S.out_dir(args, "restore")
     if run.points:
-        S.point_panel(x, samples, out / "panel.png", truth=x)
+        S.point_panel(x, samples, out / "panel.png", truth=x,
+                      titles={"input": f"input ({n} points)", "samples": f"{s} posterior samples per input",
+                              "truth": "truth (the input)"})
     else:
         shown = S.to_unit(op.adjoint(y) / op.gram if op.out_shape != run.shape else y, run)
         s01, x01 = S.to_unit(samples, run), S.to_unit(x, run)
-        S.image_panel([[shown[i], *s01[i], x01[i]] for i in range(n)], out / "panel.png")
+        S.image_panel([[shown[i], *s01[i], x01[i]] for i in range(n)], out / "panel.png",
+                      ["observed", *S.sample_headings(s), "truth"],
+                      suptitle=f"{args.operator}, sigma_y={args.sigma_y}, {args.method}")
     resid = (op(samples.reshape((n * s,) + run.shape)) - S.repeat(y, s)).reshape(n * s, -1).norm(dim=1)
     summary = {"command": "restore", "run_dir": str(args.run_dir), "input": str(args.input), "operator": args.operator,
                "method": args.method, "sigma_y": args.sigma_y, "n": n, "samples": s, "steps": args.steps,

@@ -11,8 +11,19 @@ import torch
 HELP = "sample a trained run: points -> .npy + scatter PNG, images -> .npz + grid PNG"
 
 
+EXAMPLES = [
+    "scoregen sample runs/mix --n 2000 --out samples.npy --sampler dpmpp2m --steps 25",
+    "scoregen sample runs/mix --sampler ode rtol=1e-4",
+    "scoregen sample runs/mix --sampler pc --steps 500 snr=0.1",
+    "scoregen sample runs/mix --sampler heun --steps 20 churn=40",
+    "scoregen sample runs/mnist --n 500 --sampler heun --steps 500 churn=40",
+]
+
+
 def add_arguments(p):
     from scoregen.samplers import sampler_names
+
+    from .common import add_progress_flag, add_sampler_options
 
     p.add_argument("run_dir", help="a run folder made by `scoregen train`")
     p.add_argument("--n", type=int, default=None, help="number of samples (default: the run's sample.n)")
@@ -26,19 +37,8 @@ def add_arguments(p):
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--trajectory", action="store_true", help="also save the trajectory (points)")
-    p.add_argument("options", nargs="*", metavar="KEY=VALUE", help="sampler options, e.g. snr=0.1 rtol=1e-4")
-
-
-def parse_options(items) -> dict:
-    import yaml
-
-    out = {}
-    for it in items:
-        if "=" not in it:
-            raise ValueError(f"sampler option {it!r} must look like key=value")
-        k, v = it.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
+    add_progress_flag(p)
+    add_sampler_options(p, "snr=0.1 for pc, rtol=1e-4 for ode, churn=40 for heun")
 
 
 def run(args):
@@ -46,11 +46,14 @@ def run(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from .common import check_positive, chosen_sampler, sampler_options, show_progress
+
+    check_positive(n=args.n, steps=args.steps, batch_size=args.batch_size)
     cfg = load_run_config(args.run_dir)
-    opts = parse_options(args.options)
+    opts = sampler_options(args, chosen_sampler(cfg, args.sampler))
     t0 = time.perf_counter()
     res = sample_run(args.run_dir, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                     batch_size=args.batch_size, device=args.device, progress=True,
+                     batch_size=args.batch_size, device=args.device, progress=show_progress(args),
                      return_trajectory=args.trajectory, label=args.label, guidance=args.guidance, **opts)
     seconds = time.perf_counter() - t0
     x = res.samples.numpy()
@@ -65,7 +68,8 @@ def run(args):
         picture = out.with_suffix(".png")
         from scoregen.plots import scatter_panels
 
-        scatter_panels({"samples": x}, picture)
+        scatter_panels({"samples": x}, picture, titles={
+            "samples": f"{len(x)} samples: {chosen_sampler(cfg, args.sampler)}, NFE {res.nfe}"})
     else:
         from scoregen.images import unscale_images
         from scoregen.plots import image_grid

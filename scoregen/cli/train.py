@@ -8,6 +8,13 @@ import torch
 
 HELP = "train a score model (points or images) into RUN_DIR; rerunning resumes from its last checkpoint"
 
+EXAMPLES = [
+    "scoregen train --data seed --out runs/mix",
+    "scoregen train --data my_points.csv --out runs/mine",
+    "scoregen train --data moons --sde vp --loss sde --steps 4000 --out runs/moons train.lr=1e-3",
+    "scoregen train --config mnist-tiny --out runs/mnist",
+]
+
 # flag -> config key; a flag left unset keeps the preset's value
 _FLAGS = {
     "data": "data.name", "n": "data.n", "data_dir": "data.data_dir",
@@ -56,7 +63,9 @@ def add_arguments(p):
                    f"{PREVIEW['sampler']} in {PREVIEW['steps']} steps); default: the config's train.callback_every; "
                    "0 = never")
     p.add_argument("--fresh", action="store_true", help="start over even if RUN_DIR holds a run")
-    p.add_argument("--no-progress", action="store_true")
+    from .common import add_progress_flag
+
+    add_progress_flag(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-3")
 
 
@@ -118,9 +127,10 @@ def default_config(data_name) -> str:
 def resolve_overrides(args) -> list[str]:
     """The flags and KEY=VALUE arguments as one list of overrides (flags first)."""
     overrides = [f"{key}={getattr(args, flag)}" for flag, key in _FLAGS.items() if getattr(args, flag, None) is not None]
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        raise ValueError(f"unexpected argument(s) {bad}: overrides must look like section.key=value")
+    from scoregen.config import parse_override
+
+    for o in args.overrides:
+        parse_override(o)  # the one KEY=VALUE reader: a malformed override fails here, naming itself
     if getattr(args, "sample_every", None) is not None:
         if args.sample_every < 0:
             raise ValueError(f"--sample-every must be a number of steps >= 0 (0 = never), got {args.sample_every}")
@@ -133,11 +143,13 @@ def run(args):
     from scoregen import plots
     from scoregen.recipe import train_run
 
+    from .common import show_progress
+
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = resolve_overrides(args)
     cfg = C.load_config(args.config or default_config(args.data), overrides)  # checked even when resuming
-    trainer = train_run(cfg, args.out, resume=not args.fresh, overrides=overrides, progress=not args.no_progress,
+    trainer = train_run(cfg, args.out, resume=not args.fresh, overrides=overrides, progress=show_progress(args),
                         callback=sample_callback(args.out))
     out = Path(args.out)
     hist = trainer.loss_history

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("objectives", ["losses"]),
     ("preconditioning", ["preconditioning"]),
     ("sampling and steering", ["samplers", "likelihood", "guidance", "inverse"]),
-    ("data", ["data", "images"]),
+    ("data", ["data", "images", "suite"]),
     ("metrics", ["metrics", "image_metrics", "classifier"]),
     ("training", ["train", "checkpoint"]),
     ("trained steering", ["noisy_classifier"]),
