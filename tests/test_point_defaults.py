@@ -16,7 +16,7 @@ from scoregen.sde import VESDE
 from scoregen.train import Normalizer, TrainConfig, Trainer, load_run, train
 
 
-@pytest.mark.parametrize("dim", [1, 3, 5, 20])
+@pytest.mark.parametrize("dim", [1, 3, 5, 20, 100])
 def test_a_file_of_any_dimension_trains_and_samples_with_no_extra_flag(tmp_path, dim, capsys):
     rng = np.random.default_rng(dim)
     np.save(tmp_path / "x.npy", rng.standard_normal((300, dim)) * 3.0 + 7.0)
