@@ -13,7 +13,7 @@ level, and for every sampler its NFE, wall time, energy distance to the true mix
 samples against 5000 fresh mixture samples, mean +- sd over seeds) beside the noise floor (a fresh
 mixture sample of 1000), and the component shares.
 
-    python benchmarks/points.py [--steps N] [--threads 2] [--seeds 3] [--json out.json] [KEY=VALUE ...]
+    python benchmarks/points.py [--steps N] [--threads 2] [--seeds 3] [--json out.json] [--samplers a,b] [KEY=VALUE ...]
 """
 from __future__ import annotations
 
@@ -112,6 +112,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--run-dir", default="/tmp/scoregen-bench-points")
     p.add_argument("--json", default=None)
+    p.add_argument("--samplers", default=None, help="comma-separated subset of the sampler table (default: all)")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -149,7 +150,8 @@ def main(argv=None):
 
     print(f"\n{'sampler':18s} {'steps':>5s} {'NFE':>5s} {'sec':>7s}  {'energy distance':>17s}  shares")
     rows = []
-    for name, opts in SAMPLERS:
+    wanted = None if a.samplers is None else a.samplers.split(",")
+    for name, opts in [s for s in SAMPLERS if wanted is None or s[0] in wanted]:
         eds, secs, shares = [], [], []
         for s in range(a.seeds):
             t1 = time.perf_counter()
