@@ -13,7 +13,7 @@ import inspect
 
 from torch import nn
 
-from ..util import Registry
+from ...util import Registry
 
 from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
 from .mlp import ScoreMLP

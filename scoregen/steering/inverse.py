@@ -47,12 +47,12 @@ import math
 import numpy as np
 import torch
 
-from .distributions import GaussianMixture
+from ..process.distributions import GaussianMixture
 from .operators import LinearOperator, check_mask
-from .samplers import SamplerRun, langevin_corrector_step, reverse_diffusion_step
-from .schedules import NoiseGrid, make_grid
-from .sde import SDE, broadcast_to
-from .util import ScoreFn, check_eps, check_number, check_positive_int, choose_one_of, time_vector
+from ..sampling.samplers import SamplerRun, langevin_corrector_step, reverse_diffusion_step
+from ..process.schedules import NoiseGrid, make_grid
+from ..process.sde import SDE, broadcast_to
+from ..util import ScoreFn, check_eps, check_number, check_positive_int, choose_one_of, time_vector
 
 __all__ = ["impute", "repaint_schedule", "posterior_score", "dps_score", "pigdm_score", "dps", "sdedit",
            "mixture_posterior", "mixture_conditional"]

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .util import Registry, atomic_write
+from ..util import Registry, atomic_write
 
 __all__ = [
     "IMAGE_DATASETS",
@@ -147,7 +147,7 @@ def search_roots(data_dir=None) -> list[Path]:
     if os.environ.get("SCOREGEN_DATA"):
         roots.append(Path(os.environ["SCOREGEN_DATA"]).expanduser())
     roots.append(_cache_dir())
-    sibling = Path(__file__).resolve().parents[2] / "shared" / "data"
+    sibling = Path(__file__).resolve().parents[3] / "shared" / "data"
     if sibling.is_dir():
         roots.append(sibling)
     return roots

@@ -39,7 +39,7 @@ MODEL_KEYS = ("net", "cond", "scale_by_std", "scale_input", "parameterization", 
 #: sample keys handled by the caller rather than passed to the sampler
 SAMPLE_KEYS = ("sampler", "n", "batch_size", "seed")
 _SAMPLER_ARGS = {"score_fn", "sde", "x", "generator", "return_trajectory", "progress"}
-_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # scoregen/configs (package data)
 
 
 class _Loader(yaml.SafeLoader):
@@ -168,25 +168,25 @@ def valid_keys(cfg: dict, section: str) -> list[str]:
     if section == "data":
         return list(DATA_KEYS)
     if section == "train":
-        from .train import TrainConfig
+        from ..training.trainer import TrainConfig
 
         return [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("loss", "loss_options")]
     if section == "model":
-        from .nets import NETS
+        from ..models.nets import NETS
 
         net = part.get("net")
         return list(MODEL_KEYS) + (_params(NETS[net]) if net in NETS else [])
     if section == "sde":
-        from .sde import SDE_NAMES
+        from ..process.sde import SDE_NAMES
 
         key = str(part.get("name", "")).lower().replace("-", "").replace("_", "")
         return ["name"] + (_params(SDE_NAMES[key]) if key in SDE_NAMES else [])
     if section == "loss":
-        from .losses import LOSS_OPTIONS as _OPTIONS  # the loss options make_loss accepts (some losses are lambdas)
+        from ..training.losses import LOSS_OPTIONS as _OPTIONS  # the loss options make_loss accepts (some losses are lambdas)
 
         return ["name"] + list(_OPTIONS.get(part.get("name"), ()))
     if section == "sample":
-        from .samplers import get_sampler
+        from ..sampling.samplers import get_sampler
 
         try:
             fn = get_sampler(part.get("sampler", "pc"))
@@ -201,10 +201,10 @@ def validate_config(cfg: dict) -> None:
     unknown = sorted(set(cfg) - set(SECTIONS))
     if unknown:
         raise ValueError(f"unknown config section(s) {unknown}; sections: {list(SECTIONS)}")
-    from .losses import LOSSES
-    from .nets import NETS
-    from .samplers import get_sampler
-    from .sde import SDE_NAMES
+    from ..training.losses import LOSSES
+    from ..models.nets import NETS
+    from ..sampling.samplers import get_sampler
+    from ..process.sde import SDE_NAMES
 
     for section, key, what, names in (("model", "net", "network", NETS), ("sde", "name", "SDE", SDE_NAMES),
                                       ("loss", "name", "loss", LOSSES)):

@@ -15,8 +15,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .data import points_float64
-from .distributions import GaussianMixture
+from ..data.points import points_float64
+from ..process.distributions import GaussianMixture
 
 __all__ = [
     "energy_distance",

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .models import batch_time
-from .nets.classifier import build_classifier
-from .sde import SDE, broadcast_to, make_sde
-from .util import check_positive_int
+from ..training.checkpoint import load_checkpoint, save_checkpoint
+from ..models.score import batch_time
+from ..models.nets.classifier import build_classifier
+from ..process.sde import SDE, broadcast_to, make_sde
+from ..util import check_positive_int
 
 __all__ = ["NoisyClassifier", "train_noisy_classifier", "save_noisy_classifier", "load_noisy_classifier"]
 
@@ -123,7 +123,7 @@ def save_noisy_classifier(path, classifier: NoisyClassifier, normalizer=None, in
 
 def load_noisy_classifier(path, device="cpu"):
     """(NoisyClassifier in eval mode, Normalizer or None, info) from `save_noisy_classifier`'s file."""
-    from .train import Normalizer
+    from ..training.trainer import Normalizer
 
     state = load_checkpoint(path, map_location=device)
     if state.get("kind") != KIND:

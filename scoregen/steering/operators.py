@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .util import Registry
+from ..util import Registry
 
 __all__ = ["LinearOperator", "MatrixOperator", "FunctionOperator", "MaskOperator", "AvgPoolOperator",
            "BlurOperator", "GreyOperator", "make_operator", "OPERATORS", "random_mask", "box_mask",

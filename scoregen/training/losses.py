@@ -22,9 +22,9 @@ import math
 
 import torch
 
-from .schedules import t_from_sigma
-from .sde import SDE, NoiseLadder, broadcast_to
-from .util import Registry, check_eps, check_positive_int, time_vector
+from ..process.schedules import t_from_sigma
+from ..process.sde import SDE, NoiseLadder, broadcast_to
+from ..util import Registry, check_eps, check_positive_int, time_vector
 
 __all__ = ["Loss", "DSMLoss", "NCSNLoss", "ContinuousDSMLoss", "SSMLoss", "dsm_loss", "ncsn_loss",
            "continuous_dsm_loss", "ssm_loss", "LOSSES", "LOSS_OPTIONS", "make_loss", "WEIGHTINGS",

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .classifier import CLASSIFIER_DATASETS, classifier_features, classifier_predict, load_classifier
-from .images import load_mnist, unscale_images
+from ..data.images import load_mnist, unscale_images
 
 __all__ = ["frechet_distance", "fid", "kid", "class_histogram", "evaluate_images"]
 

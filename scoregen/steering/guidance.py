@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from .models import batch_time
+from ..models.score import batch_time
 
 __all__ = ["guided_score_fn", "conditional_score_fn", "classifier_free_guidance", "cfg_combination", "classifier_guidance",
            "bayes_conditional_score", "mixture_classifier", "check_labels", "model_classes"]

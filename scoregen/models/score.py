@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from .nets import build_net
-from .sde import SDE, broadcast_to, make_sde
-from .util import ScoreFn, time_vector
+from ..process.sde import SDE, broadcast_to, make_sde
+from ..util import ScoreFn, time_vector
 
 __all__ = ["ScoreModel", "CONDS", "PARAMETERIZATIONS", "batch_time"]
 

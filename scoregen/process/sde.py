@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from .util import Registry
+from ..util import Registry
 
 __all__ = ["SDE", "VESDE", "VPSDE", "SubVPSDE", "NoiseLadder", "make_sde", "SDE_NAMES", "broadcast_to"]
 

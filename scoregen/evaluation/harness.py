@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .likelihood import bits_per_dim, log_likelihood
+from ..likelihood import bits_per_dim, log_likelihood
 
 __all__ = ["point_evaluator", "image_evaluator", "measure", "compare_summary", "WITHIN", "points_nll", "images_bpd",
            "check_image_run"]
@@ -29,7 +29,7 @@ def point_evaluator(name, n: int, seed: int):
     import numpy as np
 
     from . import metrics
-    from .data import load_points, reference_sampler
+    from ..data.points import load_points, reference_sampler
 
     draw = reference_sampler(name)
     if draw is None:  # a user file: its own points are the reference, no floor
@@ -42,7 +42,7 @@ def point_evaluator(name, n: int, seed: int):
 
 def image_evaluator(name, run_dir: Path, data_dir, seed: int):
     from .image_metrics import evaluate_images
-    from .recipe import run_value_range
+    from ..runs.recipe import run_value_range
 
     value_range = run_value_range(run_dir)
     floor = {}
@@ -62,8 +62,8 @@ def measure(run_dir, samplers, budgets, n, evaluate, *, seed=0, batch_size=None,
     value is None where the samples are not finite (a diverged sampler)."""
     import torch
 
-    from .recipe import sample_run
-    from .samplers import get_sampler, steps_for_nfe
+    from ..runs.recipe import sample_run
+    from ..sampling.samplers import get_sampler, steps_for_nfe
 
     table = {}
     for name in samplers:
@@ -150,7 +150,7 @@ def images_bpd(score_fn, sde, pixels, normalizer, *, levels: int = 256, value_ra
 def check_image_run(run_dir: Path) -> tuple[dict, str]:
     """(config, data set name) of an image run with a classifier; clear errors otherwise."""
     from .classifier import CLASSIFIER_DATASETS
-    from .recipe import is_point_data, load_run_config
+    from ..runs.recipe import is_point_data, load_run_config
 
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .distributions import GaussianMixture, seed_dataset, seed_mixture
+from ..process.distributions import GaussianMixture, seed_dataset, seed_mixture
 
 __all__ = [
     "POINT_DATASETS",

@@ -21,13 +21,13 @@ import torch
 import yaml
 
 from . import config as C
-from .data import POINT_DATASETS, load_points, suggest_sigma_max
-from .models import ScoreModel
-from .nets import build_net
-from .preconditioning import EDMModel
-from .samplers import SampleResult, get_sampler
-from .sde import make_sde
-from .train import Normalizer, TrainConfig, Trainer, load_run
+from ..data.points import POINT_DATASETS, load_points, suggest_sigma_max
+from ..models.score import ScoreModel
+from ..models.nets import build_net
+from ..models.edm import EDMModel
+from ..sampling.samplers import SampleResult, get_sampler
+from ..process.sde import make_sde
+from ..training.trainer import Normalizer, TrainConfig, Trainer, load_run
 
 __all__ = ["is_point_data", "load_data", "build_sde", "build_model", "train_config", "train_run", "resume_config",
            "run_value_range", "load_run_config", "sample_run", "CONFIG_NAME"]
@@ -49,7 +49,7 @@ def load_data(data_cfg: dict):
     if is_point_data(name):
         x = load_points(name, n=d.get("n"), seed=d.get("seed", 0) or 0)
         return torch.from_numpy(x), None
-    from .images import load_images
+    from ..data.images import load_images
 
     keep = {k: v for k, v in d.items() if k not in ("n", "seed") and v is not None}
     try:
@@ -110,7 +110,7 @@ def run_value_range(run_dir, value_range=None) -> tuple[float, float]:
 
     A run made by `train.train()` directly has no config.yaml: its images are in [0, 1].
     """
-    from .images import parse_value_range
+    from ..data.images import parse_value_range
 
     if value_range is not None:
         return parse_value_range(value_range)
@@ -221,7 +221,7 @@ def sample_run(run_dir, n: int | None = None, sampler: str | None = None, *, ste
     model, sde, normalizer, meta = load_run(run_dir, device=device)
     score_fn = model.score_fn()
     if label is not None or guidance is not None:
-        from .guidance import guided_score_fn
+        from ..steering.guidance import guided_score_fn
 
         score_fn = guided_score_fn(model, label, guidance, train_config=meta["train_config"])
     sc = dict(cfg.get("sample") or {})

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import torch
 
-from .losses import EDMLoss, check_sigma_data  # EDMLoss lives with the other objectives; re-exported here
-from .models import ScoreModel, batch_time
-from .sde import SDE, broadcast_to
+from ..training.losses import EDMLoss, check_sigma_data  # EDMLoss lives with the other objectives; re-exported here
+from .score import ScoreModel, batch_time
+from ..process.sde import SDE, broadcast_to
 
 __all__ = ["edm_coefficients", "EDMModel", "EDMLoss", "model_from_config", "estimate_sigma_data"]
 

@@ -38,10 +38,10 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from . import ode as ode_solvers
-from .schedules import LogSNR, LogStd, NoiseGrid, make_grid, t_from_sigma
-from .sde import SDE, NoiseLadder, VESDE, VPSDE, broadcast_to
-from .util import Registry, ScoreFn, check_number, check_positive_int, choose_one_of, time_vector
+from ..process import ode as ode_solvers
+from ..process.schedules import LogSNR, LogStd, NoiseGrid, make_grid, t_from_sigma
+from ..process.sde import SDE, NoiseLadder, VESDE, VPSDE, broadcast_to
+from ..util import Registry, ScoreFn, check_number, check_positive_int, choose_one_of, time_vector
 
 __all__ = [
     "SampleResult", "SamplerNotApplicable", "Sampler", "SAMPLERS", "sample", "time_grid", "get_sampler",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .util import time_vector
+from ..util import time_vector
 
 __all__ = ["ODEResult", "fixed_step", "dopri5"]
 

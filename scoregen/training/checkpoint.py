@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .util import atomic_write
+from ..util import atomic_write
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "FORMAT", "VERSION", "CHECKPOINT_NAME"]
 

@@ -25,15 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .images import load_mnist
-from .util import atomic_write
+from ..data.images import load_mnist
+from ..util import atomic_write
 
 __all__ = ["FeatureClassifier", "train_classifier", "save_classifier", "load_classifier", "classifier_path",
            "classifier_features", "classifier_predict", "accuracy", "CLASSIFIER_DATASETS"]
 
 #: data sets with a classifier; weights live in scoregen/assets/<name>_classifier.pt
 CLASSIFIER_DATASETS = ("mnist", "fashion-mnist")
-_ASSETS = Path(__file__).resolve().parent / "assets"
+_ASSETS = Path(__file__).resolve().parents[1] / "assets"  # scoregen/assets (package data)
 
 
 class FeatureClassifier(nn.Module):

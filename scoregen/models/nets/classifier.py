@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..util import Registry
+from ...util import Registry
 from .mlp import EMBEDDINGS, FiLMBlock
 from .unet import ResBlock, check_inputs, make_embedding
 

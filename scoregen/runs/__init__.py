@@ -1,0 +1,1 @@
+"""Runs: presets and overrides (config), config -> data, model and run folder (recipe)."""
