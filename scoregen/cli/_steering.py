@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..images import IMAGE_DATASETS, parse_value_range, scale_images, unscale_images
+from ..data.images import IMAGE_DATASETS, parse_value_range, scale_images, unscale_images
 
 
 def add_common_arguments(p, command: str) -> None:
@@ -38,8 +38,8 @@ class Run:
     """A loaded run: model, sde, normalizer, config and the shape/units of its data."""
 
     def __init__(self, run_dir, device="cpu"):
-        from ..recipe import is_point_data, load_run_config
-        from ..train import load_run
+        from ..runs.recipe import is_point_data, load_run_config
+        from ..training.trainer import load_run
 
         self.dir = Path(run_dir)
         if not self.dir.exists():
@@ -69,7 +69,7 @@ def read_input(spec, run: Run, args):
     name = str(spec)
     key = name.lower().replace("_", "-")
     if key in IMAGE_DATASETS and not run.points:
-        from ..images import load_images
+        from ..data.images import load_images
 
         x, y = load_images(key, args.split, data_dir=args.data_dir, value_range=run.value_range,
                            limit=args.start + args.n)
@@ -115,7 +115,7 @@ def psnr(a01: torch.Tensor, b01: torch.Tensor) -> torch.Tensor:
 
 def classifier_accuracy(samples01: torch.Tensor, labels: torch.Tensor, dataset: str) -> float | None:
     """Accuracy of the project's classifier on (N, S, 1, 28, 28) completions against the N labels."""
-    from ..classifier import CLASSIFIER_DATASETS, classifier_predict, load_classifier
+    from ..evaluation.classifier import CLASSIFIER_DATASETS, classifier_predict, load_classifier
 
     if dataset not in CLASSIFIER_DATASETS or tuple(samples01.shape[2:]) != (1, 28, 28):
         return None

@@ -42,7 +42,7 @@ def add_arguments(parser) -> None:
 
 
 # --- quality measures and the table: in the library (scoregen.evaluation), re-exported here ----------
-from ..evaluation import compare_summary as summarize, image_evaluator, measure, point_evaluator  # noqa: E402,F401
+from ..evaluation.harness import compare_summary as summarize, image_evaluator, measure, point_evaluator  # noqa: E402,F401
 
 
 def plot(table: dict, metric: str, floor: dict | None, path: Path, title: str) -> None:
@@ -69,7 +69,7 @@ def plot(table: dict, metric: str, floor: dict | None, path: Path, title: str) -
 
 
 def run(args) -> int:
-    from ..recipe import is_point_data, load_run_config
+    from ..runs.recipe import is_point_data, load_run_config
     from .common import parse_device
 
     run_dir = Path(args.run_dir)

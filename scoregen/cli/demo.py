@@ -38,12 +38,12 @@ def add_arguments(p):
 
 
 def run(args):
-    from scoregen import config as C
     from scoregen import plots
-    from scoregen.data import dataset_mixture, load_points, reference_sampler
-    from scoregen.metrics import component_shares, energy_distance, noise_floor
-    from scoregen.recipe import sample_run, train_run
-    from scoregen.train import load_run
+    from scoregen.data.points import dataset_mixture, load_points, reference_sampler
+    from scoregen.evaluation.metrics import component_shares, energy_distance, noise_floor
+    from scoregen.runs import config as C
+    from scoregen.runs.recipe import sample_run, train_run
+    from scoregen.training.trainer import load_run
 
     if args.threads:
         torch.set_num_threads(args.threads)

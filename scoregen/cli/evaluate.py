@@ -28,7 +28,7 @@ GRID_IMAGES = 64
 
 
 def add_arguments(p) -> None:
-    from ..samplers import sampler_names
+    from ..sampling.samplers import sampler_names
 
     p.add_argument("run_dir", metavar="RUN_DIR", help="an image run folder made by `scoregen train`")
     p.add_argument("--sampler", default=None, help=f"one of {sampler_names()} (default: the run's configured one)")
@@ -46,7 +46,7 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
-from ..evaluation import check_image_run as check_run  # noqa: E402,F401  (in the library, re-exported here)
+from ..evaluation.harness import check_image_run as check_run  # noqa: E402,F401  (in the library, re-exported here)
 
 
 def read_samples(path) -> torch.Tensor:
@@ -66,9 +66,9 @@ def read_samples(path) -> torch.Tensor:
 
 def draw_samples(run_dir: Path, cfg: dict, args) -> tuple[torch.Tensor, dict]:
     """(images in [0, 1], {"sampler", "steps", "nfe", "seconds", "train_step"}) drawn from the run."""
-    from ..checkpoint import load_checkpoint
-    from ..images import unscale_images
-    from ..recipe import run_value_range, sample_run
+    from ..data.images import unscale_images
+    from ..runs.recipe import run_value_range, sample_run
+    from ..training.checkpoint import load_checkpoint
     from .common import parse_device
 
     n = args.n if args.n is not None else 1000
@@ -99,7 +99,7 @@ def summary_lines(r: dict) -> list[str]:
 
 
 def run(args) -> int:
-    from ..image_metrics import evaluate_images
+    from ..evaluation.image_metrics import evaluate_images
     from ..plots import image_grid
 
     if args.threads:

@@ -12,7 +12,7 @@ HELP = "sample a trained run: points -> .npy + scatter PNG, images -> .npz + gri
 
 
 def add_arguments(p):
-    from scoregen.samplers import sampler_names
+    from scoregen.sampling.samplers import sampler_names
 
     p.add_argument("run_dir", help="a run folder made by `scoregen train`")
     p.add_argument("--n", type=int, default=None, help="number of samples (default: the run's sample.n)")
@@ -42,7 +42,7 @@ def parse_options(items) -> dict:
 
 
 def run(args):
-    from scoregen.recipe import is_point_data, load_run_config, sample_run
+    from scoregen.runs.recipe import is_point_data, load_run_config, sample_run
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,7 +67,7 @@ def run(args):
 
         scatter_panels({"samples": x}, picture)
     else:
-        from scoregen.images import unscale_images
+        from scoregen.data.images import unscale_images
         from scoregen.plots import image_grid
 
         vr = cfg["data"].get("value_range", [0, 1])

@@ -12,7 +12,7 @@ Training (`train_classifier`) is reproducible: fixed seed, a private torch.Gener
 shuffling and for the augmentation (random shifts of up to 2 pixels), Adam with a cosine
 learning-rate decay. Inputs are images in [0, 1] of shape (N, 1, 28, 28).
 
-Rebuild the shipped weights with:  python -m scoregen.classifier --dataset mnist
+Rebuild the shipped weights with:  python -m scoregen.evaluation.classifier --dataset mnist
 """
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ def load_classifier(dataset: str = "mnist", path=None, device=None) -> FeatureCl
     path = Path(path) if path is not None else classifier_path(dataset)
     if not path.is_file():
         raise FileNotFoundError(f"no classifier weights at {path}; build them with "
-                                f"`python -m scoregen.classifier --dataset {dataset}` (a few minutes on a CPU)")
+                                f"`python -m scoregen.evaluation.classifier --dataset {dataset}` (a few minutes on a CPU)")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or "state_dict" not in blob:
         raise ValueError(f"{path} is not a scoregen classifier file (no 'state_dict' entry)")
@@ -176,7 +176,7 @@ def load_classifier(dataset: str = "mnist", path=None, device=None) -> FeatureCl
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m scoregen.classifier", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m scoregen.evaluation.classifier", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", default="mnist", choices=CLASSIFIER_DATASETS)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--epochs", type=int, default=3)

@@ -28,8 +28,8 @@ def point_evaluator(name, n: int, seed: int):
     """(metric name, fn(samples) -> value, floor dict or None) for a point data set or file."""
     import numpy as np
 
-    from . import metrics
     from ..data.points import load_points, reference_sampler
+    from . import metrics
 
     draw = reference_sampler(name)
     if draw is None:  # a user file: its own points are the reference, no floor
@@ -41,8 +41,8 @@ def point_evaluator(name, n: int, seed: int):
 
 
 def image_evaluator(name, run_dir: Path, data_dir, seed: int):
-    from .image_metrics import evaluate_images
     from ..runs.recipe import run_value_range
+    from .image_metrics import evaluate_images
 
     value_range = run_value_range(run_dir)
     floor = {}
@@ -149,8 +149,8 @@ def images_bpd(score_fn, sde, pixels, normalizer, *, levels: int = 256, value_ra
 
 def check_image_run(run_dir: Path) -> tuple[dict, str]:
     """(config, data set name) of an image run with a classifier; clear errors otherwise."""
-    from .classifier import CLASSIFIER_DATASETS
     from ..runs.recipe import is_point_data, load_run_config
+    from .classifier import CLASSIFIER_DATASETS
 
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")

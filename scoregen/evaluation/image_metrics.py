@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .classifier import CLASSIFIER_DATASETS, classifier_features, classifier_predict, load_classifier
 from ..data.images import load_mnist, unscale_images
+from .classifier import CLASSIFIER_DATASETS, classifier_features, classifier_predict, load_classifier
 
 __all__ = ["frechet_distance", "fid", "kid", "class_histogram", "evaluate_images"]
 

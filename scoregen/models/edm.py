@@ -13,7 +13,7 @@ sigma. D estimates E[x(0) | x(t)], so by Tweedie the score of x(t) is
 
     s(x, t) = (alpha D - x) / std^2 = (D - x_hat) / (alpha sigma^2)     ((D - x) / sigma^2 for VE).
 
-The loss (`losses.EDMLoss`, re-exported here; EDM eq. 8, Table 1) draws log sigma ~ N(P_mean, P_std^2) and weighs by
+The loss (`training.losses.EDMLoss`; EDM eq. 8, Table 1) draws log sigma ~ N(P_mean, P_std^2) and weighs by
 lambda(sigma) = 1 / c_out^2 = (sigma^2 + sd^2) / (sigma sd)^2:
 
     l = lambda(sigma) / 2 || D(x(0) + sigma z; sigma) - x(0) ||^2     (summed over coordinates).
@@ -24,13 +24,33 @@ Since D - x(0) = sigma (std s + z), this is (sigma^2 + sd^2) / sd^2 times the DS
 from __future__ import annotations
 
 
+import math
+import warnings
+
 import torch
 
-from ..training.losses import EDMLoss, check_sigma_data  # EDMLoss lives with the other objectives; re-exported here
-from .score import ScoreModel, batch_time
 from ..process.sde import SDE, broadcast_to
+from .score import ScoreModel, batch_time
 
-__all__ = ["edm_coefficients", "EDMModel", "EDMLoss", "model_from_config", "estimate_sigma_data"]
+__all__ = ["edm_coefficients", "EDMModel", "model_from_config", "estimate_sigma_data", "check_sigma_data"]
+
+
+def __getattr__(name):
+    """PEP 562: `EDMLoss` lived here (scoregen.preconditioning) until the objectives moved to
+    training.losses; the old name resolves there for one release."""
+    if name == "EDMLoss":
+        warnings.warn("scoregen.preconditioning.EDMLoss moved to scoregen.training.losses.EDMLoss",
+                      DeprecationWarning, stacklevel=2)
+        from ..training.losses import EDMLoss
+
+        return EDMLoss
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def check_sigma_data(sigma_data) -> float:
+    if isinstance(sigma_data, bool) or not isinstance(sigma_data, (int, float)) or not (0 < sigma_data < math.inf):
+        raise ValueError(f"sigma_data must be a positive number (the data's standard deviation), got {sigma_data!r}")
+    return float(sigma_data)
 
 
 def edm_coefficients(sigma: torch.Tensor, sigma_data: float):

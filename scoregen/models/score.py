@@ -21,9 +21,9 @@ import copy
 import torch
 from torch import nn
 
-from .nets import build_net
 from ..process.sde import SDE, broadcast_to, make_sde
 from ..util import ScoreFn, time_vector
+from .nets import build_net
 
 __all__ = ["ScoreModel", "CONDS", "PARAMETERIZATIONS", "batch_time"]
 
@@ -52,7 +52,7 @@ class ScoreModel(nn.Module):
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {list(PARAMETERIZATIONS)}")
         if not isinstance(sde, SDE):
-            raise ValueError(f"sde must be an scoregen.sde.SDE, got {type(sde).__name__}")
+            raise ValueError(f"sde must be a scoregen.process.sde.SDE, got {type(sde).__name__}")
         self.net, self.sde = net, sde
         self.cond, self.scale_by_std, self.scale_input = cond, bool(scale_by_std), bool(scale_input)
         self.parameterization = parameterization
@@ -94,7 +94,7 @@ class ScoreModel(nn.Module):
         "scale_input", "parameterization"}."""
         net_config = getattr(self.net, "net_config", None)
         if net_config is None:
-            raise ValueError("ScoreModel.config() needs a network built with scoregen.nets.build_net(name, ...)")
+            raise ValueError("ScoreModel.config() needs a network built with scoregen.models.nets.build_net(name, ...)")
         return {"net": copy.deepcopy(net_config), "sde": self.sde.config(), "cond": self.cond,
                 "scale_by_std": self.scale_by_std, "scale_input": self.scale_input,
                 "parameterization": self.parameterization}

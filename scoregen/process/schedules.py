@@ -36,8 +36,8 @@ from typing import NamedTuple
 
 import torch
 
-from .sde import SDE, SubVPSDE, VESDE, VPSDE
 from ..util import Registry, check_eps, check_positive_int
+from .sde import SDE, SubVPSDE, VESDE, VPSDE
 
 __all__ = ["t_from_sigma", "t_from_log_snr", "NoiseGrid", "Schedule", "SigmaSchedule", "UniformTime", "LogStd",
            "LogSNR", "EDMSchedule", "SCHEDULES", "make_schedule", "make_grid", "Level"]

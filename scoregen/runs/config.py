@@ -201,10 +201,10 @@ def validate_config(cfg: dict) -> None:
     unknown = sorted(set(cfg) - set(SECTIONS))
     if unknown:
         raise ValueError(f"unknown config section(s) {unknown}; sections: {list(SECTIONS)}")
-    from ..training.losses import LOSSES
     from ..models.nets import NETS
-    from ..sampling.samplers import get_sampler
     from ..process.sde import SDE_NAMES
+    from ..sampling.samplers import get_sampler
+    from ..training.losses import LOSSES
 
     for section, key, what, names in (("model", "net", "network", NETS), ("sde", "name", "SDE", SDE_NAMES),
                                       ("loss", "name", "loss", LOSSES)):

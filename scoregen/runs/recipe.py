@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import config as C
 from ..data.points import POINT_DATASETS, load_points, suggest_sigma_max
-from ..models.score import ScoreModel
-from ..models.nets import build_net
 from ..models.edm import EDMModel
-from ..sampling.samplers import SampleResult, get_sampler
+from ..models.nets import build_net
+from ..models.score import ScoreModel
 from ..process.sde import make_sde
+from ..sampling.samplers import SampleResult, get_sampler
 from ..training.trainer import Normalizer, TrainConfig, Trainer, load_run
+from . import config as C
 
 __all__ = ["is_point_data", "load_data", "build_sde", "build_model", "train_config", "train_run", "resume_config",
            "run_value_range", "load_run_config", "sample_run", "CONFIG_NAME"]

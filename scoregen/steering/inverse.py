@@ -48,11 +48,11 @@ import numpy as np
 import torch
 
 from ..process.distributions import GaussianMixture
-from .operators import LinearOperator, check_mask
-from ..sampling.samplers import SamplerRun, langevin_corrector_step, reverse_diffusion_step
 from ..process.schedules import NoiseGrid, make_grid
 from ..process.sde import SDE, broadcast_to
+from ..sampling.samplers import SamplerRun, langevin_corrector_step, reverse_diffusion_step
 from ..util import ScoreFn, check_eps, check_number, check_positive_int, choose_one_of, time_vector
+from .operators import LinearOperator, check_mask
 
 __all__ = ["impute", "repaint_schedule", "posterior_score", "dps_score", "pigdm_score", "dps", "sdedit",
            "mixture_posterior", "mixture_conditional"]
@@ -165,7 +165,7 @@ def impute(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, observed, mask, step
 # --- linear inverse problems -----------------------------------------------------------------
 def _check_problem(operator, y, sigma_y, need_noise: bool):
     if not isinstance(operator, LinearOperator):
-        raise ValueError(f"operator must be a scoregen.operators.LinearOperator, got {type(operator).__name__}")
+        raise ValueError(f"operator must be a scoregen.steering.operators.LinearOperator, got {type(operator).__name__}")
     y = torch.as_tensor(y)
     if tuple(y.shape) == operator.out_shape:
         y = y[None]

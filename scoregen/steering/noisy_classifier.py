@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..training.checkpoint import load_checkpoint, save_checkpoint
-from ..models.score import batch_time
 from ..models.nets.classifier import build_classifier
+from ..models.score import batch_time
 from ..process.sde import SDE, broadcast_to, make_sde
+from ..training.checkpoint import load_checkpoint, save_checkpoint
 from ..util import check_positive_int
 
 __all__ = ["NoisyClassifier", "train_noisy_classifier", "save_noisy_classifier", "load_noisy_classifier"]
@@ -41,7 +41,7 @@ class NoisyClassifier(nn.Module):
     def __init__(self, net: nn.Module, sde: SDE):
         super().__init__()
         if not isinstance(sde, SDE):
-            raise ValueError(f"sde must be an scoregen.sde.SDE, got {type(sde).__name__}")
+            raise ValueError(f"sde must be a scoregen.process.sde.SDE, got {type(sde).__name__}")
         self.net, self.sde = net, sde
 
     @property

@@ -22,6 +22,7 @@ import math
 
 import torch
 
+from ..models.edm import check_sigma_data  # the EDM model's check, shared by its loss
 from ..process.schedules import t_from_sigma
 from ..process.sde import SDE, NoiseLadder, broadcast_to
 from ..util import Registry, check_eps, check_positive_int, time_vector
@@ -292,12 +293,6 @@ def _sde_of(model, sde):
 
 
 # --- registry for the trainer and the CLI ------------------------------------------------------
-def check_sigma_data(sigma_data) -> float:
-    if isinstance(sigma_data, bool) or not isinstance(sigma_data, (int, float)) or not (0 < sigma_data < math.inf):
-        raise ValueError(f"sigma_data must be a positive number (the data's standard deviation), got {sigma_data!r}")
-    return float(sigma_data)
-
-
 class EDMLoss(Loss):
     """EDM's objective (Karras et al. 2022, eq. 8 and Table 1; `preconditioning`'s module docstring) for
     any linear process, with log-normal noise levels:
@@ -316,7 +311,7 @@ class EDMLoss(Loss):
     def __init__(self, sde: SDE, sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2,
                  eps: float | None = None):
         if not isinstance(sde, SDE):
-            raise ValueError(f"sde must be an scoregen.sde.SDE, got {type(sde).__name__}")
+            raise ValueError(f"sde must be a scoregen.process.sde.SDE, got {type(sde).__name__}")
         eps = check_eps(eps, sde.T, sde.eps)
         if not (isinstance(p_std, (int, float)) and p_std > 0):
             raise ValueError(f"p_std must be a positive number, got {p_std!r}")

@@ -34,9 +34,9 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from ..models.score import ScoreModel
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .losses import make_loss
-from ..models.score import ScoreModel
 
 __all__ = ["TrainConfig", "Normalizer", "Trainer", "train", "load_run", "METRICS_NAME"]
 
@@ -426,7 +426,7 @@ def _model_from_config(cfg: dict) -> ScoreModel:
     """ScoreModel, or the subclass its "parameterization" names (EDM's lives in preconditioning)."""
     if cfg.get("parameterization", "score") == "score":
         return ScoreModel.from_config(cfg)
-    from ..models.edm import model_from_config  # imported late: it builds on losses and models
+    from ..models.edm import model_from_config  # imported late, as before the subpackages
 
     return model_from_config(cfg)
 
