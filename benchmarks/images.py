@@ -147,7 +147,7 @@ def quality(a) -> list[dict]:
     from scoregen.evaluation.classifier import load_classifier
     from scoregen.evaluation.image_metrics import evaluate_images
     from scoregen.runs.recipe import run_value_range
-    from scoregen.runs.recipe import sample_run
+    from scoregen.runs.run import Run
 
     run_dir = Path(a.run)
     cfg, name = check_run(run_dir)
@@ -159,10 +159,10 @@ def quality(a) -> list[dict]:
     print(f"{'sampler':16s} {'steps':>5s} {'NFE':>5s} {'sec':>7s} {'FID':>8s} {'floor':>7s} {'ratio':>6s} "
           f"{'KID':>9s} {'KID floor':>9s} {'classes':>7s}")
     rows = []
+    run = Run.open(run_dir, device=a.device)  # loaded once; "sec" times the sampling alone
     for sampler, opts in samplers:
         t0 = time.perf_counter()
-        res = sample_run(run_dir, a.n, sampler, seed=a.seed, batch_size=a.batch_size or a.n, device=a.device,
-                         **opts)
+        res = run.sample(a.n, sampler, seed=a.seed, batch_size=a.batch_size or a.n, **opts)
         seconds = time.perf_counter() - t0
         if not torch.isfinite(res.samples).all():
             print(f"{sampler:16s} {str(opts.get('steps', '-')):>5s} {res.nfe:5d} {seconds:7.1f}  diverged")

@@ -59,11 +59,14 @@ def image_evaluator(name, run_dir: Path, data_dir, seed: int):
 # --- the table --------------------------------------------------------------------------------------
 def measure(run_dir, samplers, budgets, n, evaluate, *, seed=0, batch_size=None, device="cpu", log=print) -> dict:
     """{sampler: [{"budget", "nfe", "steps", "value", "seconds"}]}; budgets below one step are left out, a
-    value is None where the samples are not finite (a diverged sampler)."""
+    value is None where the samples are not finite (a diverged sampler). `run_dir` is a run folder or an
+    open `runs.Run`; the run is loaded once, and "seconds" times the sampling alone."""
     import torch
 
-    from ..runs.recipe import sample_run
+    from ..runs.run import Run
     from ..sampling.samplers import get_sampler, steps_for_nfe
+
+    run = None
 
     table = {}
     for name in samplers:
@@ -76,8 +79,10 @@ def measure(run_dir, samplers, budgets, n, evaluate, *, seed=0, batch_size=None,
                 if "below one step" in str(e):
                     continue
                 raise
+            if run is None:  # opened at the first row, after the checks above
+                run = run_dir if isinstance(run_dir, Run) else Run.open(run_dir, device=device)
             t0 = time.perf_counter()
-            res = sample_run(run_dir, n, name, steps=k, seed=seed, batch_size=batch_size, device=device)
+            res = run.sample(n, name, steps=k, seed=seed, batch_size=batch_size)
             seconds = time.perf_counter() - t0
             value = evaluate(res.samples) if torch.isfinite(res.samples).all() else math.inf
             rows.append({"budget": b, "nfe": int(res.nfe), "steps": k, "value": value if math.isfinite(value) else None,

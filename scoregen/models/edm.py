@@ -32,7 +32,8 @@ import torch
 from ..process.sde import SDE, broadcast_to
 from .score import ScoreModel, batch_time
 
-__all__ = ["edm_coefficients", "EDMModel", "model_from_config", "estimate_sigma_data", "check_sigma_data"]
+__all__ = ["edm_coefficients", "EDMModel", "MODEL_CLASSES", "model_class", "model_from_config",
+           "estimate_sigma_data", "check_sigma_data"]
 
 
 def __getattr__(name):
@@ -116,9 +117,18 @@ class EDMModel(ScoreModel):
         return f"sde={self.sde!r}, parameterization='edm', sigma_data={self.sigma_data}"
 
 
-def model_from_config(cfg: dict) -> ScoreModel:
-    """A ScoreModel or EDMModel from its `config()`, by its "parameterization" ("score" or "edm")."""
-    kind = cfg.get("parameterization", "score")
-    if kind not in ("score", "edm"):
+#: parameterization (a model's config()["parameterization"], a recipe's model.parameterization) -> its class
+MODEL_CLASSES = {"score": ScoreModel, "edm": EDMModel}
+
+
+def model_class(kind) -> type:
+    """The ScoreModel class of a parameterization: "score" (ScoreModel) or "edm" (EDMModel)."""
+    if kind not in MODEL_CLASSES:
         raise ValueError(f"unknown parameterization {kind!r}; choose 'score' (ScoreModel) or 'edm' (EDMModel)")
-    return EDMModel.from_config(cfg) if kind == "edm" else ScoreModel.from_config(cfg)
+    return MODEL_CLASSES[kind]
+
+
+def model_from_config(cfg: dict) -> ScoreModel:
+    """A ScoreModel or EDMModel (fresh weights) from its `config()`, by its "parameterization": the one
+    dispatch from a saved model description to a model (checkpoints, `training.trainer.load_run`)."""
+    return model_class(cfg.get("parameterization", "score")).from_config(cfg)

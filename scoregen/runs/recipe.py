@@ -18,21 +18,19 @@ import os
 from pathlib import Path
 
 import torch
-import yaml
 
 from ..data.points import POINT_DATASETS, load_points, suggest_sigma_max
-from ..models.edm import EDMModel
+from ..models.edm import model_class
 from ..models.nets import build_net
 from ..models.score import ScoreModel
 from ..process.sde import make_sde
-from ..sampling.samplers import SampleResult, get_sampler
-from ..training.trainer import Normalizer, TrainConfig, Trainer, load_run
+from ..sampling.samplers import SampleResult
+from ..training.trainer import Normalizer, TrainConfig, Trainer
 from . import config as C
+from .run import CONFIG_NAME, Run, load_run_config
 
 __all__ = ["is_point_data", "load_data", "build_sde", "build_model", "train_config", "train_run", "resume_config",
            "run_value_range", "load_run_config", "sample_run", "CONFIG_NAME"]
-
-CONFIG_NAME = "config.yaml"
 
 
 def is_point_data(name) -> bool:
@@ -100,9 +98,8 @@ def build_model(model_cfg: dict, sde, data_shape) -> ScoreModel:
             raise ValueError(f"model.dim={m['dim']} does not match the data dimension D={data_shape[1]}")
         m["dim"] = int(data_shape[1])
     net = build_net(net_name, **m)
-    if kind == "edm":
-        return EDMModel(net, sde, sigma_data=0.5 if sigma_data is None else sigma_data)
-    return ScoreModel(net, sde, **wrap)
+    options = {"sigma_data": 0.5 if sigma_data is None else sigma_data} if kind == "edm" else wrap
+    return model_class(kind)(net, sde, **options)
 
 
 def run_value_range(run_dir, value_range=None) -> tuple[float, float]:
@@ -132,14 +129,6 @@ def _write_config(run_dir: Path, cfg: dict):
     tmp = run_dir / (CONFIG_NAME + ".tmp")
     tmp.write_text(C.dump_config(cfg))
     os.replace(tmp, run_dir / CONFIG_NAME)
-
-
-def load_run_config(run_dir) -> dict:
-    path = Path(run_dir) / CONFIG_NAME
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: {run_dir} is not a scoregen run folder "
-                                "(make one with `scoregen train --out RUN_DIR`)")
-    return yaml.safe_load(path.read_text())
 
 
 #: what may change when a run resumes: the schedule and bookkeeping, never the model, data or loss
@@ -212,41 +201,12 @@ def sample_run(run_dir, n: int | None = None, sampler: str | None = None, *, ste
                seed: int | None = None, batch_size: int | None = None, device="cpu", progress: bool = False,
                return_trajectory: bool = False, label: int | None = None, guidance: float | None = None,
                **options) -> SampleResult:
-    """Samples in data units from a trained run, with the run's configured sampler by default.
+    """Samples in data units from a trained run, with the run's configured sampler by default
+    (`Run.open(run_dir, device).sample(...)`: open the Run once to sample a run several times).
 
     With `label`, the class-conditional score s(x, t, y); with `guidance` w as well, the
     classifier-free guided score s(x, t) + w [s(x, t, y) - s(x, t)] (see `guidance`).
     """
-    cfg = load_run_config(run_dir)
-    model, sde, normalizer, meta = load_run(run_dir, device=device)
-    score_fn = model.score_fn()
-    if label is not None or guidance is not None:
-        from ..steering.guidance import guided_score_fn
-
-        score_fn = guided_score_fn(model, label, guidance, train_config=meta["train_config"])
-    sc = dict(cfg.get("sample") or {})
-    name = sampler or sc.pop("sampler", "pc")
-    fn = get_sampler(name)
-    if sampler is None:  # the run's own sampler options apply only to its own sampler
-        options = {**{k: v for k, v in sc.items() if k not in C.SAMPLE_KEYS}, **options}
-    n = int(n or sc.get("n", 1000))
-    batch = int(batch_size or sc.get("batch_size", n))
-    if steps is not None:
-        options["steps"] = int(steps)
-    g = torch.Generator(device=device).manual_seed(int(seed if seed is not None else sc.get("seed", 0)))
-    shape = tuple(meta["data_shape"][1:])
-    outs, nfe, trajs = [], 0, []
-    for start in range(0, n, batch):
-        b = min(batch, n - start)
-        x = sde.prior_sample((b,) + shape, generator=g, device=device)
-        with torch.no_grad():  # a guided score that needs gradients enables them itself
-            res = fn(score_fn, sde, x, generator=g, progress=progress, return_trajectory=return_trajectory,
-                     **options)
-        outs.append(normalizer.inverse(res.samples).cpu())
-        nfe = res.nfe
-        if return_trajectory:
-            trajs.append(res.trajectory)
-    traj = None
-    if return_trajectory:
-        traj = normalizer.inverse(torch.cat(trajs, dim=1).reshape(-1, *shape)).reshape(len(trajs[0]), n, *shape)
-    return SampleResult(torch.cat(outs), nfe, traj, res.times if return_trajectory else None)
+    return Run.open(run_dir, device=device).sample(n, sampler, steps=steps, seed=seed, batch_size=batch_size,
+                                                   progress=progress, return_trajectory=return_trajectory,
+                                                   label=label, guidance=guidance, **options)

@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from ..models.edm import model_from_config
 from ..models.score import ScoreModel
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .losses import make_loss
@@ -422,15 +423,6 @@ def train(model: ScoreModel, data, config: TrainConfig | None = None, run_dir=No
     return trainer
 
 
-def _model_from_config(cfg: dict) -> ScoreModel:
-    """ScoreModel, or the subclass its "parameterization" names (EDM's lives in preconditioning)."""
-    if cfg.get("parameterization", "score") == "score":
-        return ScoreModel.from_config(cfg)
-    from ..models.edm import model_from_config  # imported late, as before the subpackages
-
-    return model_from_config(cfg)
-
-
 def load_run(run_dir, device="cpu"):
     """(model with EMA weights in eval mode, sde, normalizer, meta) from RUN_DIR/checkpoint.pt.
 
@@ -441,7 +433,7 @@ def load_run(run_dir, device="cpu"):
     if state.get("kind") != RUN_KIND:
         raise ValueError(f"{run_dir} holds a scoregen checkpoint that is not a training run "
                          f"(kind={state.get('kind')!r})")
-    model = _model_from_config(state["model_config"])
+    model = model_from_config(state["model_config"])
     model.load_state_dict(state["ema"])
     model = model.to(device).eval().requires_grad_(False)
     meta = {"step": int(state["step"]), "train_config": state["train_config"],
