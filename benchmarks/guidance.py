@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from scipy import stats
 
-from scoregen import guidance as G
-from scoregen.distributions import GaussianMixture, seed_mixture
-from scoregen.inverse import (dps, dps_score, impute, mixture_conditional, mixture_posterior, pigdm_score,
+from scoregen.steering import guidance as G
+from scoregen.process.distributions import GaussianMixture, seed_mixture
+from scoregen.steering.inverse import (dps, dps_score, impute, mixture_conditional, mixture_posterior, pigdm_score,
                               posterior_score)
-from scoregen.operators import MatrixOperator, box_mask
-from scoregen.samplers import reverse_diffusion
-from scoregen.sde import VESDE, VPSDE
+from scoregen.process.sde import VESDE, VPSDE
+from scoregen.sampling.samplers import reverse_diffusion
+from scoregen.steering.operators import MatrixOperator, box_mask
 
 
 def _prior(sde, n, d, seed):
@@ -142,13 +142,13 @@ def part_inverse(n: int, steps: int = 500) -> dict:
 
 # --- [4] -------------------------------------------------------------------------------------------------
 def part_mnist_guidance(run_dir, n_per_class: int, weights, out: Path, steps: int, sampler: str) -> dict:
-    from scoregen.classifier import classifier_predict, load_classifier
-    from scoregen.image_metrics import evaluate_images
-    from scoregen.images import unscale_images
+    from scoregen.data.images import unscale_images
+    from scoregen.evaluation.classifier import classifier_predict, load_classifier
+    from scoregen.evaluation.image_metrics import evaluate_images
     from scoregen.plots import image_grid
-    from scoregen.recipe import load_run_config
-    from scoregen.samplers import get_sampler
-    from scoregen.train import load_run
+    from scoregen.runs.recipe import load_run_config
+    from scoregen.sampling.samplers import get_sampler
+    from scoregen.training.trainer import load_run
 
     model, sde, norm, meta = load_run(run_dir)
     vr = load_run_config(run_dir)["data"].get("value_range", [0, 1])
@@ -199,10 +199,10 @@ def _plot_guidance(rows, path):
 
 # --- [5] -------------------------------------------------------------------------------------------------
 def part_mnist_inpaint(run_dir, n: int, samples: int, out: Path, steps: int, resample: int) -> dict:
-    from scoregen.classifier import classifier_predict, load_classifier
-    from scoregen.images import load_images, unscale_images
-    from scoregen.recipe import load_run_config
-    from scoregen.train import load_run
+    from scoregen.data.images import load_images, unscale_images
+    from scoregen.evaluation.classifier import classifier_predict, load_classifier
+    from scoregen.runs.recipe import load_run_config
+    from scoregen.training.trainer import load_run
 
     model, sde, norm, meta = load_run(run_dir)
     vr = load_run_config(run_dir)["data"].get("value_range", [0, 1])
@@ -234,9 +234,9 @@ def part_mnist_inpaint(run_dir, n: int, samples: int, out: Path, steps: int, res
 def train_conditional(run_dir, preset: str = "mnist-cond-tiny"):
     """Train `preset` with labels. The U-Nets keep n_classes on their label table, not on the net, and
     recipe.train_run / Trainer read `net.n_classes`: without this attribute they train unconditionally."""
-    from scoregen import config as C
-    from scoregen.recipe import CONFIG_NAME, build_model, build_sde, load_data, train_config
-    from scoregen.train import Normalizer, Trainer
+    from scoregen.runs import config as C
+    from scoregen.runs.recipe import CONFIG_NAME, build_model, build_sde, load_data, train_config
+    from scoregen.training.trainer import Normalizer, Trainer
 
     cfg = C.load_config(preset)
     run_dir = Path(run_dir)

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import torch
 
-from scoregen import config as C
-from scoregen.recipe import build_model, build_sde, train_config
-from scoregen.train import Trainer
+from scoregen.runs import config as C
+from scoregen.runs.recipe import build_model, build_sde, train_config
+from scoregen.training.trainer import Trainer
 
 # (sampler, options); pc with the preset's snr, the seed's 1000-NFE samplers last
 SAMPLERS = [("dpmpp2m", {"steps": 20}), ("dpmpp2m", {"steps": 50}), ("dpmpp3m", {"steps": 50}),
@@ -126,7 +126,7 @@ def throughput(a) -> dict:
 # --- quality of a finished run -----------------------------------------------------------------
 def parse_samplers(items) -> list[tuple[str, dict]]:
     """NAME[:STEPS[:KEY=VALUE,...]] -> (name, options); values are parsed as YAML (`heun:18:schedule=edm`)."""
-    from scoregen.config import parse_override
+    from scoregen.runs.config import parse_override
 
     out = []
     for it in items:
@@ -143,11 +143,11 @@ def parse_samplers(items) -> list[tuple[str, dict]]:
 
 
 def quality(a) -> list[dict]:
-    from scoregen.classifier import load_classifier
     from scoregen.evaluation import check_image_run as check_run
-    from scoregen.recipe import run_value_range
-    from scoregen.image_metrics import evaluate_images
-    from scoregen.recipe import sample_run
+    from scoregen.evaluation.classifier import load_classifier
+    from scoregen.evaluation.image_metrics import evaluate_images
+    from scoregen.runs.recipe import run_value_range
+    from scoregen.runs.run import Run
 
     run_dir = Path(a.run)
     cfg, name = check_run(run_dir)
@@ -159,10 +159,10 @@ def quality(a) -> list[dict]:
     print(f"{'sampler':16s} {'steps':>5s} {'NFE':>5s} {'sec':>7s} {'FID':>8s} {'floor':>7s} {'ratio':>6s} "
           f"{'KID':>9s} {'KID floor':>9s} {'classes':>7s}")
     rows = []
+    run = Run.open(run_dir, device=a.device)  # loaded once; "sec" times the sampling alone
     for sampler, opts in samplers:
         t0 = time.perf_counter()
-        res = sample_run(run_dir, a.n, sampler, seed=a.seed, batch_size=a.batch_size or a.n, device=a.device,
-                         **opts)
+        res = run.sample(a.n, sampler, seed=a.seed, batch_size=a.batch_size or a.n, **opts)
         seconds = time.perf_counter() - t0
         if not torch.isfinite(res.samples).all():
             print(f"{sampler:16s} {str(opts.get('steps', '-')):>5s} {res.nfe:5d} {seconds:7.1f}  diverged")

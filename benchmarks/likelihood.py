@@ -40,17 +40,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scoregen.distributions import GaussianMixture  # noqa: E402
 from scoregen.likelihood import _joint_drift, bits_per_dim, nll_to_bpd  # noqa: E402
 from scoregen.models import ScoreModel  # noqa: E402
-from scoregen.nets.unet import SeedUNet  # noqa: E402
-from scoregen.sde import VESDE  # noqa: E402
+from scoregen.models.nets.unet import SeedUNet  # noqa: E402
+from scoregen.process.distributions import GaussianMixture  # noqa: E402
+from scoregen.process.sde import VESDE  # noqa: E402
 
 
 def mnist_pixels(n: int, split: str = "test"):
     """First n MNIST images as integers 0..255, (n, 1, 28, 28); random pixels if MNIST is absent."""
     try:
-        from scoregen.images import load_images
+        from scoregen.data.images import load_images
 
         x, _ = load_images("mnist", split, limit=n)
         return torch.round(x * 255).to(torch.uint8), f"MNIST {split} (first {n})"
@@ -168,10 +168,10 @@ def part_mixture(run_dir, n: int, seed: int):
     The NLL is a cross-entropy, H(p) + KL(p || p_model) >= H(p); the paired difference
     -log p_model(x) + log p(x) on the same points estimates the KL with a smaller standard error.
     """
-    from scoregen.evaluation import points_nll
     from scoregen.data import load_points
-    from scoregen.distributions import seed_mixture
-    from scoregen.train import load_run
+    from scoregen.evaluation import points_nll
+    from scoregen.process.distributions import seed_mixture
+    from scoregen.training.trainer import load_run
 
     model, sde, normalizer, meta = load_run(run_dir)
     x = torch.from_numpy(load_points("seed", n=n, seed=seed))

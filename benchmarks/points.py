@@ -25,12 +25,12 @@ import time
 import numpy as np
 import torch
 
-from scoregen import config as C
-from scoregen.data import reference_sampler
-from scoregen.distributions import seed_dataset, seed_mixture
-from scoregen.metrics import component_shares, energy_distance, noise_floor
-from scoregen.recipe import sample_run, train_run
-from scoregen.train import load_run
+from scoregen.runs import config as C
+from scoregen.data.points import reference_sampler
+from scoregen.process.distributions import seed_dataset, seed_mixture
+from scoregen.evaluation.metrics import component_shares, energy_distance, noise_floor
+from scoregen.runs.recipe import sample_run, train_run
+from scoregen.training.trainer import load_run
 
 SAMPLERS = [
     ("dpmpp2m", {"steps": 10}), ("dpmpp2m", {"steps": 25}), ("dpmpp3m", {"steps": 25}), ("heun", {"steps": 25}),

@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scoregen import config as C
+from scoregen.runs import config as C
 from scoregen.likelihood import log_likelihood
-from scoregen.metrics import component_shares, energy_distance, noise_floor
-from scoregen.recipe import sample_run, train_run
-from scoregen.suite import SUITE
-from scoregen.train import load_run
+from scoregen.evaluation.metrics import component_shares, energy_distance, noise_floor
+from scoregen.runs.recipe import sample_run, train_run
+from scoregen.data.suite import SUITE
+from scoregen.training.trainer import load_run
 
 N_SAMPLES, N_REF, N_NLL = 2000, 10000, 2000
 REF_SEED, NLL_SEED = 10_000, 20_000

@@ -27,10 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scoregen import metrics  # noqa: E402
-from scoregen.distributions import GaussianMixture, seed_mixture  # noqa: E402
-from scoregen.samplers import get_sampler, steps_for_nfe  # noqa: E402
-from scoregen.sde import make_sde  # noqa: E402
+from scoregen.evaluation import metrics  # noqa: E402
+from scoregen.process.distributions import GaussianMixture, seed_mixture  # noqa: E402
+from scoregen.process.sde import make_sde  # noqa: E402
+from scoregen.sampling.samplers import get_sampler, steps_for_nfe  # noqa: E402
 
 #: label -> (registry name, options); NFE budgets become step counts through samplers.steps_for_nfe.
 SAMPLERS = {
@@ -117,8 +117,8 @@ def exact_mixture_benchmark(args):
 def trained_benchmark(args):
     """A trained run's samples (data units) against fresh draws of its data, through `scoregen compare`'s
     machinery; a folder without a checkpoint is first trained with the `points` preset."""
-    from scoregen import config, recipe
     from scoregen.evaluation import compare_summary as summarize, measure, point_evaluator
+    from scoregen.runs import config, recipe
 
     run = Path(args.run)
     if not (run / "checkpoint.pt").exists():

@@ -47,8 +47,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import ode
-from .sde import SDE
+from .process import ode
+from .process.sde import SDE
 from .util import ScoreFn, check_eps, check_positive_int, choose_one_of, normalize_name, time_vector
 
 __all__ = [

@@ -5,8 +5,8 @@ import pickle
 import pytest
 import torch
 
-import scoregen.checkpoint as ck
-from scoregen.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+import scoregen.training.checkpoint as ck
+from scoregen.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def _state():

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from scoregen import config, recipe
 from scoregen.cli import main
 from scoregen.cli.compare import summarize
+from scoregen.runs import config, recipe
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,14 @@
 import pytest
 import torch
 
-from scoregen.config import apply_overrides, dump_config, load_config, parse_override, preset_names
-from scoregen.losses import make_loss
-from scoregen.nets import NETS, register_net
-from scoregen.nets.ncsn import NCSN
-from scoregen.nets.unet import SeedUNet, UNet
-from scoregen.recipe import build_model, build_sde, is_point_data
-from scoregen.samplers import get_sampler
-from scoregen.train import TrainConfig
+from scoregen.models.nets import NETS, register_net
+from scoregen.models.nets.ncsn import NCSN
+from scoregen.models.nets.unet import SeedUNet, UNet
+from scoregen.runs.config import apply_overrides, dump_config, load_config, parse_override, preset_names
+from scoregen.runs.recipe import build_model, build_sde, is_point_data
+from scoregen.sampling.samplers import get_sampler
+from scoregen.training.losses import make_loss
+from scoregen.training.trainer import TrainConfig
 
 # the image nets' registry entries (a no-op once nets/__init__.py lists them)
 for _name, _cls in (("seed-unet", SeedUNet), ("unet", UNet), ("ncsn", NCSN)):

@@ -13,7 +13,7 @@ from scoregen.data import (
     suggest_sigma_max,
     suggest_sigma_min,
 )
-from scoregen.distributions import GaussianMixture, seed_dataset, seed_mixture
+from scoregen.process.distributions import GaussianMixture, seed_dataset, seed_mixture
 
 TOYS = ["moons", "rings", "swissroll", "checkerboard", "8gaussians"]
 

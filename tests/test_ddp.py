@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scoregen.checkpoint import load_checkpoint
+from scoregen.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = dict(steps=5, batch_size=64, lr=1e-2, warmup=2, ema_decay=0.9, seed=3, progress=False,
@@ -22,11 +22,11 @@ SCRIPT = """
 import json, os, sys
 import torch
 torch.set_num_threads(1)
-import scoregen.train as st
-from scoregen.distributions import seed_dataset
+import scoregen.training.trainer as st
 from scoregen.models import ScoreModel
-from scoregen.nets import build_net
-from scoregen.sde import VPSDE
+from scoregen.models.nets import build_net
+from scoregen.process.distributions import seed_dataset
+from scoregen.process.sde import VPSDE
 
 
 def run(run_dir, config):

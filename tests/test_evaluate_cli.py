@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from conftest import require_shared_data
-from scoregen import config as C
 from scoregen.cli import main
-from scoregen.image_metrics import evaluate_images
+from scoregen.evaluation.image_metrics import evaluate_images
+from scoregen.runs import config as C
 
 # a seed U-Net of a few hundred parameters on 64 MNIST images: seconds, not minutes
 TINY = ["data.limit=64", "train.batch_size=8", "model.channels=[4,8,8,8]", "model.embed_dim=8",

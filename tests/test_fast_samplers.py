@@ -17,12 +17,12 @@ import math
 import pytest
 import torch
 
-from scoregen import ode
-from scoregen.distributions import GaussianMixture, seed_mixture
-from scoregen.samplers import (SAMPLERS, SampleResult, ddim, dpm_solver_2m, dpm_solver_2s, dpm_solver_3m, edm_heun,
+from scoregen.process import ode
+from scoregen.process.distributions import GaussianMixture, seed_mixture
+from scoregen.sampling.samplers import (SAMPLERS, SampleResult, ddim, dpm_solver_2m, dpm_solver_2s, dpm_solver_3m, edm_heun,
                                get_sampler, sample, steps_for_nfe)
-from scoregen.schedules import EDMSchedule, make_schedule
-from scoregen.sde import SubVPSDE, VESDE, VPSDE
+from scoregen.process.schedules import EDMSchedule, make_schedule
+from scoregen.process.sde import SubVPSDE, VESDE, VPSDE
 
 SDES = [VESDE(), VPSDE(), SubVPSDE()]
 IDS = ["ve", "vp", "subvp"]

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from scoregen import guidance as G
-from scoregen.distributions import GaussianMixture
+from scoregen.steering import guidance as G
+from scoregen.process.distributions import GaussianMixture
 from scoregen.models import ScoreModel
-from scoregen.nets import build_net
-from scoregen.nets.classifier import build_classifier
-from scoregen.noisy_classifier import (NoisyClassifier, load_noisy_classifier, save_noisy_classifier,
+from scoregen.models.nets import build_net
+from scoregen.models.nets.classifier import build_classifier
+from scoregen.steering.noisy_classifier import (NoisyClassifier, load_noisy_classifier, save_noisy_classifier,
                                        train_noisy_classifier)
-from scoregen.samplers import reverse_diffusion
-from scoregen.sde import VESDE, VPSDE
+from scoregen.process.sde import VESDE, VPSDE
+from scoregen.sampling.samplers import reverse_diffusion
 
 # three well-separated components in 2-D (the "classes")
 MIX = GaussianMixture([0.5, 0.3, 0.2], [[-2.0, 0.0], [2.0, 1.0], [0.0, -2.5]],

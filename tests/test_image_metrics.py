@@ -6,9 +6,9 @@ import scipy.linalg
 import torch
 
 from conftest import require_shared_data
-from scoregen.classifier import accuracy, classifier_path, load_classifier
-from scoregen.image_metrics import _mmd2_unbiased, class_histogram, evaluate_images, fid, frechet_distance, kid
-from scoregen.images import load_mnist
+from scoregen.data.images import load_mnist
+from scoregen.evaluation.classifier import accuracy, classifier_path, load_classifier
+from scoregen.evaluation.image_metrics import _mmd2_unbiased, class_histogram, evaluate_images, fid, frechet_distance, kid
 
 torch.set_num_threads(1)
 def random_spd(d, rng):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import require_shared_data
-from scoregen import images
-from scoregen.images import (load_cifar10, load_digits, load_image_folder, load_images, load_mnist, parse_idx,
+from scoregen.data import images
+from scoregen.data.images import (load_cifar10, load_digits, load_image_folder, load_images, load_mnist, parse_idx,
                              random_hflip, read_idx, scale_images, unscale_images)
 
 def idx_bytes(arr: np.ndarray) -> bytes:

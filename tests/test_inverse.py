@@ -8,12 +8,12 @@ import pytest
 import torch
 from scipy import stats
 
-from scoregen import operators as O
-from scoregen.distributions import GaussianMixture, seed_mixture
-from scoregen.inverse import (dps, dps_score, impute, mixture_conditional, mixture_posterior, pigdm_score,
+from scoregen.steering import operators as O
+from scoregen.process.distributions import GaussianMixture, seed_mixture
+from scoregen.steering.inverse import (dps, dps_score, impute, mixture_conditional, mixture_posterior, pigdm_score,
                               posterior_score, repaint_schedule, sdedit)
-from scoregen.samplers import reverse_diffusion
-from scoregen.sde import VESDE, VPSDE
+from scoregen.process.sde import VESDE, VPSDE
+from scoregen.sampling.samplers import reverse_diffusion
 
 CHI2_P = 1e-3
 

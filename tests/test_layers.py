@@ -34,3 +34,20 @@ def test_the_check_finds_each_kind_of_problem(tmp_path, monkeypatch):
 def test_runs_as_a_module():
     out = subprocess.run([sys.executable, "-m", "scoregen.tools.layers"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
+
+
+def test_the_check_reads_the_alias_table(tmp_path, monkeypatch):
+    pkg = tmp_path / "scoregen"
+    (pkg / "new").mkdir(parents=True)
+    (pkg / "__init__.py").write_text('MOVED_MODULES = {"old": "new.mod", "gone": "new.missing", "back": "new.mod"}\n')
+    (pkg / "new" / "__init__.py").write_text("")
+    (pkg / "new" / "mod.py").write_text("thing = 1\n")
+    (pkg / "back.py").write_text("")
+    (pkg / "user.py").write_text("from .old import thing\nfrom . import old\n")
+    monkeypatch.setattr(layers, "ROOT", pkg)
+    monkeypatch.setattr(layers, "LAYERS", [("all", ["", "new", "new.*", "user", "back"])])
+    found = "\n".join(layers.check())
+    assert "user.py:1: imports the old path scoregen.old; use scoregen.new.mod" in found
+    assert "user.py:2: imports the old path scoregen.old; use scoregen.new.mod" in found
+    assert "MOVED_MODULES maps 'gone' to 'new.missing', which does not exist" in found
+    assert "MOVED_MODULES lists 'back', which is a module again" in found

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from scoregen.evaluation import images_bpd, points_nll
-from scoregen.distributions import GaussianMixture, seed_mixture
-from scoregen.nets import NETS
 from scoregen.likelihood import bits_per_dim, bpd_offset, dequantize, log_likelihood, nll_to_bpd, time_grid
-from scoregen.sde import SubVPSDE, VESDE, VPSDE
-from scoregen.train import Normalizer
+from scoregen.models.nets import NETS
+from scoregen.process.distributions import GaussianMixture, seed_mixture
+from scoregen.process.sde import SubVPSDE, VESDE, VPSDE
+from scoregen.training.trainer import Normalizer
 
 SDES = {"ve": lambda: VESDE(sigma_min=0.01, sigma_max=50.0), "vp": VPSDE, "subvp": SubVPSDE}
 TOL_PER_DIM = 1e-3  # nats per dimension, the accuracy asked of the exact-divergence solve
@@ -242,8 +242,8 @@ def test_cli_points_nll_adds_the_normalizer_jacobian(sde_name):
 def test_cli_end_to_end_on_a_tiny_run(tmp_path, capsys):
     from scoregen.cli import main
     from scoregen.models import ScoreModel
-    from scoregen.nets import build_net
-    from scoregen.train import TrainConfig, train
+    from scoregen.models.nets import build_net
+    from scoregen.training.trainer import TrainConfig, train
 
     model = ScoreModel(build_net("mlp", dim=2, hidden=16, depth=1), VESDE(sigma_max=10.0))
     train(model, seed_mixture().sample(64).float(), TrainConfig(steps=2, batch_size=16, progress=False,
@@ -264,8 +264,8 @@ def test_cli_refuses_data_of_another_shape(tmp_path, capsys):
     from conftest import require_shared_data
     from scoregen.cli import main
     from scoregen.models import ScoreModel
-    from scoregen.nets import build_net
-    from scoregen.train import TrainConfig, train
+    from scoregen.models.nets import build_net
+    from scoregen.training.trainer import TrainConfig, train
 
     require_shared_data("mnist")
     model = ScoreModel(build_net("mlp", dim=2, hidden=16, depth=1), VESDE(sigma_max=10.0))
@@ -307,9 +307,9 @@ def test_bad_input_is_refused_with_a_clear_message():
 def test_cli_bits_per_dim_of_a_tiny_image_run(tmp_path, capsys):
     """The image path end to end: run config's value range, MNIST pixels, bits/dim in the summary."""
     from conftest import require_shared_data
-    from scoregen import config as C
     from scoregen.cli import main
-    from scoregen.recipe import train_run
+    from scoregen.runs import config as C
+    from scoregen.runs.recipe import train_run
 
     require_shared_data("mnist")
     if "seed-unet" not in NETS:

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from scoregen.distributions import GaussianMixture, seed_mixture
-from scoregen.losses import (ContinuousDSMLoss, DSMLoss, NCSNLoss, SSMLoss, continuous_dsm_loss, dsm_loss,
+from scoregen.process.distributions import GaussianMixture, seed_mixture
+from scoregen.training.losses import (ContinuousDSMLoss, DSMLoss, NCSNLoss, SSMLoss, continuous_dsm_loss, dsm_loss,
                              make_loss, ssm_loss)
 from scoregen.models import ScoreModel
-from scoregen.nets import build_net
-from scoregen.sde import VESDE, VPSDE, NoiseLadder, broadcast_to
+from scoregen.models.nets import build_net
+from scoregen.process.sde import VESDE, VPSDE, NoiseLadder, broadcast_to
 
 Z = 4.0  # standard errors allowed
 MU, COV = [1.0, -2.0], [[2.0, 0.6], [0.6, 0.5]]

@@ -12,8 +12,8 @@ import torch
 from scipy.stats import norm
 
 from scoregen.data import reference_sampler
-from scoregen.distributions import GaussianMixture, seed_mixture
-from scoregen.metrics import (
+from scoregen.process.distributions import GaussianMixture, seed_mixture
+from scoregen.evaluation.metrics import (
     component_shares,
     energy_distance,
     low_density_fraction,

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from scoregen.models import ScoreModel
-from scoregen.nets import NETS, GaussianFourierEmbedding, ScoreMLP, SinusoidalEmbedding, build_net
-from scoregen.sde import VESDE, VPSDE, NoiseLadder, make_sde
+from scoregen.models.nets import NETS, GaussianFourierEmbedding, ScoreMLP, SinusoidalEmbedding, build_net
+from scoregen.process.sde import VESDE, VPSDE, NoiseLadder, make_sde
 
 
 def test_sinusoidal_embedding_closed_form():

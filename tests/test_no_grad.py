@@ -7,11 +7,12 @@ score function; those samplers still return detached samples.
 import pytest
 import torch
 
-from scoregen import inverse, samplers
 from scoregen.models import ScoreModel
-from scoregen.nets import build_net
-from scoregen.operators import MaskOperator
-from scoregen.sde import VESDE, VPSDE
+from scoregen.models.nets import build_net
+from scoregen.process.sde import VESDE, VPSDE
+from scoregen.sampling import samplers
+from scoregen.steering import inverse
+from scoregen.steering.operators import MaskOperator
 
 
 def _model(sde):

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from scoregen import config as C
+from scoregen.runs import config as C
 from scoregen.cli import main
-from scoregen.data import suggest_sigma_max, suggest_sigma_min
-from scoregen.models import ScoreModel
-from scoregen.nets import build_net
-from scoregen.recipe import build_sde, load_run_config
-from scoregen.sde import VESDE
-from scoregen.train import Normalizer, TrainConfig, Trainer, load_run, train
+from scoregen.data.points import suggest_sigma_max, suggest_sigma_min
+from scoregen.models.score import ScoreModel
+from scoregen.models.nets import build_net
+from scoregen.runs.recipe import build_sde, load_run_config
+from scoregen.process.sde import VESDE
+from scoregen.training.trainer import Normalizer, TrainConfig, Trainer, load_run, train
 
 
 @pytest.mark.parametrize("dim", [1, 3, 5, 20, 100])

@@ -9,11 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from scoregen.distributions import GaussianMixture
-from scoregen.nets import build_net
-from scoregen.preconditioning import EDMLoss, EDMModel, edm_coefficients, estimate_sigma_data, model_from_config
-from scoregen.schedules import t_from_sigma
-from scoregen.sde import SubVPSDE, VESDE, VPSDE
+from scoregen.models.edm import EDMModel, edm_coefficients, estimate_sigma_data, model_from_config
+from scoregen.models.nets import build_net
+from scoregen.process.distributions import GaussianMixture
+from scoregen.process.schedules import t_from_sigma
+from scoregen.process.sde import SubVPSDE, VESDE, VPSDE
+from scoregen.training.losses import EDMLoss
 
 SDES = [VESDE(), VPSDE(), SubVPSDE()]
 IDS = ["ve", "vp", "subvp"]

@@ -3,12 +3,12 @@ import pytest
 import torch
 
 from conftest import require_shared_data
-from scoregen.config import load_config
 from scoregen.models import ScoreModel
-from scoregen.preconditioning import EDMModel
-from scoregen.recipe import build_model, resume_config, sample_run, train_run
-from scoregen.sde import VESDE
-from scoregen.train import load_run
+from scoregen.models.edm import EDMModel
+from scoregen.process.sde import VESDE
+from scoregen.runs.config import load_config
+from scoregen.runs.recipe import build_model, resume_config, sample_run, train_run
+from scoregen.training.trainer import load_run
 
 SEED_UNET = {"net": "seed-unet", "in_channels": 1, "channels": [8, 16, 16, 16], "embed_dim": 16}
 IMAGES = (4, 1, 28, 28)

@@ -10,10 +10,10 @@ import math
 import pytest
 import torch
 
-from scoregen import samplers as S
-from scoregen.distributions import GaussianMixture, seed_mixture
-from scoregen.metrics import energy_distance
-from scoregen.sde import NoiseLadder, SubVPSDE, VESDE, VPSDE
+from scoregen.evaluation.metrics import energy_distance
+from scoregen.process.distributions import GaussianMixture, seed_mixture
+from scoregen.process.sde import NoiseLadder, SubVPSDE, VESDE, VPSDE
+from scoregen.sampling import samplers as S
 
 N, N_REF = 2000, 5000
 

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from scoregen.schedules import (SCHEDULES, EDMSchedule, LogSNR, NoiseGrid, Schedule, make_schedule, t_from_log_snr,
+from scoregen.process.schedules import (SCHEDULES, EDMSchedule, LogSNR, NoiseGrid, Schedule, make_schedule, t_from_log_snr,
                                 t_from_sigma)
-from scoregen.sde import SDE, NoiseLadder, SubVPSDE, VESDE, VPSDE
+from scoregen.process.sde import SDE, NoiseLadder, SubVPSDE, VESDE, VPSDE
 
 PROCESSES = [VESDE(), VPSDE(), SubVPSDE(), NoiseLadder(sigma_max=20.0, sigma_min=0.05, L=8)]
 IDS = ["ve", "vp", "subvp", "ladder"]

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from scoregen.sde import NoiseLadder, SubVPSDE, VESDE, VPSDE, make_sde
+from scoregen.process.sde import NoiseLadder, SubVPSDE, VESDE, VPSDE, make_sde
 
 SDES = [VESDE(0.01, 10.0), VPSDE(), SubVPSDE()]
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from scipy import stats
 
-from scoregen.suite import SUITE, student_t_product, uniform_annulus, uniform_box
+from scoregen.data.suite import SUITE, student_t_product, uniform_annulus, uniform_box
 
 N_DRAWS = 40_000
 N_PROPOSAL = 200_000

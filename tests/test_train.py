@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from scoregen.distributions import GaussianMixture, seed_dataset, seed_mixture
 from scoregen.models import ScoreModel
-from scoregen.nets import build_net
-from scoregen.sde import VPSDE, make_sde
-from scoregen.train import Normalizer, TrainConfig, Trainer, load_run, train
+from scoregen.models.nets import build_net
+from scoregen.process.distributions import GaussianMixture, seed_dataset, seed_mixture
+from scoregen.process.sde import VPSDE, make_sde
+from scoregen.training.trainer import Normalizer, TrainConfig, Trainer, load_run, train
 
 
 def tiny_model(seed=0, sde=None, n_classes=0):
@@ -186,7 +186,7 @@ def test_training_learns_the_mixture_score():
 
 def test_edm_run_round_trips_through_load_run(tmp_path):
     """A run of another parameterization (EDM's denoiser) is rebuilt as that class by load_run."""
-    pre = pytest.importorskip("scoregen.preconditioning")
+    pre = pytest.importorskip("scoregen.models.edm")
     torch.manual_seed(0)
     model = pre.EDMModel(build_net("mlp", dim=2, hidden=16, depth=1, emb_dim=8), VPSDE(), sigma_data=1.0)
     trainer = train(model, DATA, quiet(steps=4, loss="edm", loss_options={"sigma_data": 1.0}), tmp_path)

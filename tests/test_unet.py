@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from scoregen.nets.ncsn import NCSN
-from scoregen.nets.unet import SeedUNet, UNet
+from scoregen.models.nets.ncsn import NCSN
+from scoregen.models.nets.unet import SeedUNet, UNet
 
 torch.set_num_threads(1)
 
@@ -107,9 +107,9 @@ def test_seed_unet_parameter_count_matches_its_layers():
 def test_conditional_image_nets_expose_n_classes_to_the_trainer(name, kw):
     """The trainer and guidance read net.n_classes: a conditional U-Net must train with its labels."""
     from scoregen.models import ScoreModel
-    from scoregen.nets import build_net
-    from scoregen.sde import VESDE
-    from scoregen.train import TrainConfig, Trainer
+    from scoregen.models.nets import build_net
+    from scoregen.process.sde import VESDE
+    from scoregen.training.trainer import TrainConfig, Trainer
 
     net = build_net(name, in_channels=1, n_classes=10, **kw)
     assert net.n_classes == 10

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..images import IMAGE_DATASETS, parse_value_range, scale_images, unscale_images
+from ..data.images import IMAGE_DATASETS, parse_value_range, scale_images, unscale_images
+from ..runs.run import Run as LibraryRun
 from .common import show_progress  # noqa: F401 (the commands' progress bars)
 
 
@@ -49,28 +50,24 @@ def add_common_arguments(p, command: str) -> None:
 DATASET_N = 8
 
 
-class Run:
-    """A loaded run: model, sde, normalizer, config and the shape/units of its data."""
+class Run(LibraryRun):
+    """A loaded run (`runs.Run`: model, sde, normalizer, config, meta, shape, value_range) with what the
+    steering commands add: a clear error for a missing folder, `points` from the data's name, `check`."""
 
     def __init__(self, run_dir, device="cpu"):
-        from ..recipe import is_point_data, load_run_config
-        from ..train import load_run
+        from ..runs.recipe import is_point_data
 
-        self.dir = Path(run_dir)
-        if not self.dir.exists():
-            raise FileNotFoundError(f"run folder {str(self.dir)!r} does not exist")
-        self.cfg = load_run_config(self.dir)
-        self.model, self.sde, self.normalizer, self.meta = load_run(self.dir, device=device)
-        self.shape = tuple(self.meta["data_shape"][1:])
+        if not Path(run_dir).exists():
+            raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
+        super().__init__(run_dir, device=device)
+        self.cfg = self.config
         self.points = is_point_data(self.cfg["data"]["name"])
-        self.value_range = parse_value_range(self.cfg["data"].get("value_range") or (0, 1))
-        self.device = device
 
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
-        return self.normalizer(x.to(self.device))
+        return self.to_model_units(x)
 
     def to_data(self, z: torch.Tensor) -> torch.Tensor:
-        return self.normalizer.inverse(z).cpu()
+        return self.to_data_units(z)
 
     def check(self, x: torch.Tensor, what: str) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.shape:
@@ -84,7 +81,7 @@ def read_input(spec, run: Run, args):
     name = str(spec)
     key = name.lower().replace("_", "-")
     if key in IMAGE_DATASETS and not run.points:
-        from ..images import load_images
+        from ..data.images import load_images
 
         n = DATASET_N if args.n is None else args.n
         x, y = load_images(key, args.split, data_dir=args.data_dir, value_range=run.value_range,
@@ -135,7 +132,7 @@ def psnr(a01: torch.Tensor, b01: torch.Tensor) -> torch.Tensor:
 
 def classifier_accuracy(samples01: torch.Tensor, labels: torch.Tensor, dataset: str) -> float | None:
     """Accuracy of the project's classifier on (N, S, 1, 28, 28) completions against the N labels."""
-    from ..classifier import CLASSIFIER_DATASETS, classifier_predict, load_classifier
+    from ..evaluation.classifier import CLASSIFIER_DATASETS, classifier_predict, load_classifier
 
     if dataset not in CLASSIFIER_DATASETS or tuple(samples01.shape[2:]) != (1, 28, 28):
         return None

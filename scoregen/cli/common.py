@@ -49,7 +49,7 @@ def chosen_sampler(cfg: dict, name: str | None) -> str:
 
 def sampler_options(args, sampler) -> dict:
     """The command's KEY=VALUE sampler options, parsed and checked against `sampler` (a name or several)."""
-    from ..config import check_sampler_options, parse_sampler_options
+    from ..runs.config import check_sampler_options, parse_sampler_options
 
     opts = parse_sampler_options(getattr(args, "options", None) or ())
     for name in [sampler] if isinstance(sampler, str) else sampler:
@@ -78,7 +78,7 @@ def run_data(cfg: dict, given, run_dir) -> str:
     stored absolute hold the name as typed, relative to where they were trained)."""
     from pathlib import Path
 
-    from ..recipe import is_point_data
+    from ..runs.recipe import is_point_data
 
     if given is not None:
         return str(given)

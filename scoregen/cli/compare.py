@@ -54,7 +54,7 @@ def add_arguments(parser) -> None:
 
 
 # --- quality measures and the table: in the library (scoregen.evaluation), re-exported here ----------
-from ..evaluation import (WITHIN, cells, compare_summary as summarize, image_evaluator,  # noqa: E402,F401
+from ..evaluation.harness import (WITHIN, cells, compare_summary as summarize, image_evaluator,  # noqa: E402,F401
                           measure, point_evaluator, seconds_per_evaluation)
 
 
@@ -102,7 +102,7 @@ def plot(table: dict, metric: str, floor: dict | None, path: Path, title: str) -
 
 
 def run(args) -> int:
-    from ..recipe import is_point_data, load_run_config
+    from ..runs.recipe import is_point_data, load_run_config
     from .common import check_positive, parse_device, run_data, sampler_options
 
     run_dir = Path(args.run_dir)

@@ -49,12 +49,12 @@ def add_arguments(p):
 
 
 def run(args):
-    from scoregen import config as C
     from scoregen import plots
-    from scoregen.data import dataset_mixture, load_points, reference_sampler
-    from scoregen.metrics import component_shares, energy_distance, noise_floor
-    from scoregen.recipe import sample_run, train_run
-    from scoregen.train import load_run
+    from scoregen.data.points import dataset_mixture, load_points, reference_sampler
+    from scoregen.evaluation.metrics import component_shares, energy_distance, noise_floor
+    from scoregen.runs import config as C
+    from scoregen.runs.recipe import train_run
+    from scoregen.runs.run import Run
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,7 +80,8 @@ def run(args):
         print(f"resumed the run in {run_dir} from step {before} to {trainer.step}")
     else:
         print(f"trained {run_dir} for {trainer.step} steps in {train_seconds:.1f} s")
-    model, sde, normalizer, _ = load_run(out / "run")
+    run = Run.open(out / "run")  # loaded once, sampled by every sampler below
+    model, sde, normalizer = run.model, run.sde, run.normalizer
 
     ref_draw = reference_sampler(args.data)
     mixture = dataset_mixture(args.data)
@@ -95,7 +96,7 @@ def run(args):
             # is accurate (at t -> 0 its error grows like 1 / std); it cannot hop between modes
             opts = {**opts, "t": round(float(sde.t_from_std(torch.tensor(0.05, dtype=torch.float64))), 5)}
         t1 = time.perf_counter()
-        res = sample_run(out / "run", n=args.n, sampler=name, seed=args.seed, **opts)
+        res = run.sample(args.n, name, seed=args.seed, **opts)
         secs = time.perf_counter() - t1
         x = res.samples
         r = {"nfe": res.nfe, "seconds": round(secs, 3), "energy_distance": energy_distance(x, reference),
@@ -105,7 +106,7 @@ def run(args):
             r["component_shares"], r["max_share_deviation"] = cs["shares"], cs["max_abs_deviation"]
         results[name] = r
         panels[name] = x
-        tr = sample_run(out / "run", n=60, sampler=name, seed=args.seed + 1, return_trajectory=True, **opts)
+        tr = run.sample(60, name, seed=args.seed + 1, return_trajectory=True, **opts)
         trajs[name] = tr.trajectory
         print(f"{name:18s} NFE {res.nfe:5d}  {secs:6.2f}s  energy distance {r['energy_distance']:.4f}"
               + (f"  shares {np.round(r['component_shares'], 3).tolist()}" if mixture is not None else ""))
@@ -167,7 +168,7 @@ def ranking(results: dict, floor: dict | None) -> tuple[str | None, str]:
 
 def _trained_step(run_dir: Path):
     """The step of the checkpoint in run_dir, None where there is none."""
-    from scoregen.checkpoint import load_checkpoint
+    from scoregen.training.checkpoint import load_checkpoint
 
     if not (run_dir / "checkpoint.pt").exists():
         return None

@@ -29,7 +29,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..inverse import sdedit
+    from ..steering.inverse import sdedit
 
     S.check_counts(args)
     run = S.Run(args.run_dir, args.device)

@@ -34,7 +34,7 @@ EXAMPLES = [
 
 
 def add_arguments(p) -> None:
-    from ..samplers import sampler_names
+    from ..sampling.samplers import sampler_names
 
     p.add_argument("run_dir", metavar="RUN_DIR", help="an image run folder made by `scoregen train`")
     p.add_argument("--sampler", default=None, help=f"one of {sampler_names()} (default: the run's configured one)")
@@ -55,7 +55,7 @@ def add_arguments(p) -> None:
     add_sampler_options(p, "churn=40 for heun, snr=0.1 for pc")
 
 
-from ..evaluation import check_image_run as check_run  # noqa: E402,F401  (in the library, re-exported here)
+from ..evaluation.harness import check_image_run as check_run  # noqa: E402,F401  (in the library, re-exported here)
 
 
 def read_samples(path) -> torch.Tensor:
@@ -75,9 +75,9 @@ def read_samples(path) -> torch.Tensor:
 
 def draw_samples(run_dir: Path, cfg: dict, args) -> tuple[torch.Tensor, dict]:
     """(images in [0, 1], {"sampler", "steps", "nfe", "seconds", "train_step"}) drawn from the run."""
-    from ..checkpoint import load_checkpoint
-    from ..images import unscale_images
-    from ..recipe import run_value_range, sample_run
+    from ..data.images import unscale_images
+    from ..runs.recipe import run_value_range, sample_run
+    from ..training.checkpoint import load_checkpoint
     from .common import parse_device
 
     from .common import check_positive, chosen_sampler, sampler_options
@@ -112,7 +112,7 @@ def summary_lines(r: dict) -> list[str]:
 
 
 def run(args) -> int:
-    from ..image_metrics import evaluate_images
+    from ..evaluation.image_metrics import evaluate_images
     from ..plots import image_grid
 
     if args.threads:

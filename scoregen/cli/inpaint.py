@@ -36,7 +36,7 @@ def add_arguments(p) -> None:
 
 
 def parse_mask(spec: str, shape, seed: int = 0) -> torch.Tensor:
-    from ..operators import box_mask, check_mask, random_mask
+    from ..steering.operators import box_mask, check_mask, random_mask
 
     text = str(spec)
     kind, _, rest = text.partition(":")
@@ -61,7 +61,7 @@ def parse_mask(spec: str, shape, seed: int = 0) -> torch.Tensor:
 
 
 def run(args) -> int:
-    from ..inverse import impute
+    from ..steering.inverse import impute
 
     S.check_counts(args)
     run = S.Run(args.run_dir, args.device)

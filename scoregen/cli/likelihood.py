@@ -75,7 +75,7 @@ def add_arguments(parser) -> None:
 
 
 # --- evaluation: in the library (scoregen.evaluation), re-exported here ------------------------------
-from ..evaluation import images_bpd, points_nll  # noqa: E402,F401
+from ..evaluation.harness import images_bpd, points_nll  # noqa: E402,F401
 
 
 def summarize(nll, nfe, seconds, bpd=None) -> dict:
@@ -108,9 +108,9 @@ def _options(args) -> dict:
 
 
 def run(args) -> int:
-    from ..images import load_images
-    from ..recipe import is_point_data, load_run_config, run_value_range
-    from ..train import load_run
+    from ..data.images import load_images
+    from ..runs.recipe import is_point_data, load_run_config, run_value_range
+    from ..training.trainer import load_run
     from .common import parse_device, run_data, show_progress
 
     run_dir = Path(args.run_dir)
@@ -144,7 +144,7 @@ def run(args) -> int:
                                            generator=gen, dtype=dtype, **options)
         per_example = {"nll": nll.tolist(), "bpd": bpd.tolist(), "bpd_se_repeats": bpd_se.tolist()}
     else:
-        from ..data import load_points
+        from ..data.points import load_points
 
         x = torch.as_tensor(load_points(args.data, n=args.n, seed=args.seed), dtype=dtype, device=device)
         _check_shape(list(x.shape[1:]), data_shape, args.data)

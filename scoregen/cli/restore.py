@@ -34,7 +34,7 @@ EXAMPLES = [
 
 
 def add_arguments(p) -> None:
-    from ..operators import OPERATORS
+    from ..steering.operators import OPERATORS
 
     S.add_common_arguments(p, "restore")
     p.add_argument("--operator", required=True, choices=list(OPERATORS) + ["matrix"])
@@ -54,7 +54,7 @@ def add_arguments(p) -> None:
 
 
 def build_operator(args, shape):
-    from ..operators import MatrixOperator, make_operator
+    from ..steering.operators import MatrixOperator, make_operator
 
     if args.operator == "matrix":
         if not args.matrix:
@@ -79,8 +79,8 @@ def model_observation(op, y, run, sigma_y):
 
 
 def run(args) -> int:
-    from .. import inverse
-    from ..samplers import reverse_diffusion
+    from ..sampling.samplers import reverse_diffusion
+    from ..steering import inverse
 
     S.check_counts(args)
     if not args.sigma_y >= 0:

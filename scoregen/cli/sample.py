@@ -21,7 +21,7 @@ EXAMPLES = [
 
 
 def add_arguments(p):
-    from scoregen.samplers import sampler_names
+    from scoregen.sampling.samplers import sampler_names
 
     from .common import add_progress_flag, add_sampler_options
 
@@ -42,7 +42,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from scoregen.recipe import is_point_data, load_run_config, sample_run
+    from scoregen.runs.recipe import is_point_data, load_run_config, sample_run
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,7 +71,7 @@ def run(args):
         scatter_panels({"samples": x}, picture, titles={
             "samples": f"{len(x)} samples: {chosen_sampler(cfg, args.sampler)}, NFE {res.nfe}"})
     else:
-        from scoregen.images import unscale_images
+        from scoregen.data.images import unscale_images
         from scoregen.plots import image_grid
 
         vr = cfg["data"].get("value_range", [0, 1])

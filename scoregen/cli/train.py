@@ -77,7 +77,7 @@ def preview_samples(trainer, n: int, *, sampler: str = "dpmpp2m", steps: int = 2
     """n samples in data units from the trainer's EMA model (labels 0, 1, ... in turn for a
     class-conditional net). A private generator leaves the training's random stream untouched,
     so a run with pictures follows the same trajectory as one without."""
-    from scoregen.samplers import get_sampler
+    from scoregen.sampling.samplers import get_sampler
 
     sde, device = trainer.ema.sde, trainer.device
     g = torch.Generator(device=device).manual_seed(int(seed))
@@ -94,8 +94,8 @@ def sample_callback(run_dir, **preview):
     (in [0, 1] through the run's data.value_range) or, for points, a scatter over the data; and
     RUN_DIR/loss.png brought up to date, so a run stopped early still has its loss curve."""
     from scoregen import plots
-    from scoregen.images import unscale_images
-    from scoregen.recipe import run_value_range
+    from scoregen.data.images import unscale_images
+    from scoregen.runs.recipe import run_value_range
 
     opts = {**PREVIEW, **preview}
     run_dir = Path(run_dir)
@@ -116,8 +116,8 @@ def sample_callback(run_dir, **preview):
 
 
 def default_config(data_name) -> str:
-    from scoregen.config import preset_names
-    from scoregen.recipe import is_point_data
+    from scoregen.runs.config import preset_names
+    from scoregen.runs.recipe import is_point_data
 
     if data_name is None or is_point_data(data_name):
         return "points"
@@ -127,7 +127,7 @@ def default_config(data_name) -> str:
 def resolve_overrides(args) -> list[str]:
     """The flags and KEY=VALUE arguments as one list of overrides (flags first)."""
     overrides = [f"{key}={getattr(args, flag)}" for flag, key in _FLAGS.items() if getattr(args, flag, None) is not None]
-    from scoregen.config import parse_override
+    from scoregen.runs.config import parse_override
 
     for o in args.overrides:
         parse_override(o)  # the one KEY=VALUE reader: a malformed override fails here, naming itself
@@ -139,9 +139,9 @@ def resolve_overrides(args) -> list[str]:
 
 
 def run(args):
-    from scoregen import config as C
     from scoregen import plots
-    from scoregen.recipe import train_run
+    from scoregen.runs import config as C
+    from scoregen.runs.recipe import train_run
 
     from .common import show_progress
 

@@ -11,6 +11,13 @@ import counts too). Three rules, each printed with the offending file and line:
 
 `check()` also reads benchmarks/ (beside the package) and refuses any import of scoregen.cli there.
 
+Old paths: the package's `__init__.py` holds `MOVED_MODULES` (old module path -> new, kept for one
+release by an import hook). The check reads that table with `ast` (never importing the package): every
+new path must exist, no old path may be a module again, and no module of the package may import an
+old path (the package itself uses the new ones). The package's `__init__.py` is the root (""), which
+needs no layer. Imports inside a module-level `def __getattr__` (PEP 562: a deprecated name resolved on
+first use, e.g. models/edm.py's EDMLoss) are not counted against the layers or as cycle edges.
+
 Exit status 0 when the graph passes, 1 otherwise. `check()` returns the list of problems.
 """
 from __future__ import annotations
@@ -22,22 +29,19 @@ from pathlib import Path
 PACKAGE = "scoregen"
 ROOT = Path(__file__).resolve().parents[1]
 
-#: bottom first; a module is named relative to the package, a trailing ".*" takes a whole folder.
+#: bottom first, one layer per folder of the package (plus the three top-level modules util, likelihood and
+#: plots); a module is named relative to the package, a trailing ".*" takes a whole folder.
 LAYERS: list[tuple[str, list[str]]] = [
     ("vocabulary", ["util"]),
-    ("math", ["sde", "distributions"]),
-    ("solvers and grids", ["ode", "schedules", "operators"]),
-    ("networks", ["nets", "nets.*"]),
-    ("models", ["models"]),
-    ("objectives", ["losses"]),
-    ("preconditioning", ["preconditioning"]),
-    ("sampling and steering", ["samplers", "likelihood", "guidance", "inverse"]),
-    ("data", ["data", "images", "suite"]),
-    ("metrics", ["metrics", "image_metrics", "classifier"]),
-    ("training", ["train", "checkpoint"]),
-    ("trained steering", ["noisy_classifier"]),
-    ("runs", ["config", "recipe", "plots"]),
-    ("evaluation", ["evaluation"]),
+    ("process", ["process", "process.*"]),
+    ("data", ["data", "data.*"]),
+    ("models", ["models", "models.*"]),
+    ("sampling and likelihood", ["sampling", "sampling.*", "likelihood"]),
+    ("training", ["training", "training.*"]),
+    ("steering", ["steering", "steering.*"]),
+    ("runs", ["runs", "runs.*"]),
+    ("evaluation", ["evaluation", "evaluation.*"]),
+    ("pictures", ["plots"]),
     ("command line", ["cli", "cli.*", "__main__"]),
     ("tools", ["tools", "tools.*"]),
 ]
@@ -77,42 +81,80 @@ def modules() -> dict[str, Path]:
     return {module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
 
 
-def imports(mods: dict[str, Path]):
-    """(importer, imported module, imported name or None, line) for every import inside the package."""
+def moved_modules() -> dict[str, str]:
+    """The package's alias table `MOVED_MODULES` (old -> new, relative to the package), read with ast."""
+    init = ROOT / "__init__.py"
+    if not init.is_file():
+        return {}
+    for node in ast.parse(init.read_text(), str(init)).body:
+        target = node.target if isinstance(node, ast.AnnAssign) else \
+            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+        if isinstance(target, ast.Name) and target.id == "MOVED_MODULES" and node.value is not None:
+            return dict(ast.literal_eval(node.value))
+    return {}
+
+
+def old_path(target: str, moved: dict[str, str]) -> str | None:
+    """The new path of an import of an old one (a moved module or inside a moved package), else None."""
+    first, _, sub = target.partition(".")
+    return None if first not in moved else moved[first] + (f".{sub}" if sub else "")
+
+
+def _deferred(tree) -> set[int]:
+    """ids of the import nodes inside a module-level `def __getattr__` (PEP 562 deprecated names)."""
+    out = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
+            out |= {id(n) for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    return out
+
+
+def imports(mods: dict[str, Path], moved: dict[str, str] | None = None):
+    """(importer, imported module, imported name or None, line, deferred) for every import inside the
+    package; deferred: inside a module-level `__getattr__`."""
+    moved = moved or {}
     for mod, path in mods.items():
         is_pkg = path.name == "__init__.py"
         tree = ast.parse(path.read_text(), str(path))
+        deferred = _deferred(tree)
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 for a in node.names:
                     if a.name.startswith(PACKAGE + "."):
-                        yield mod, a.name[len(PACKAGE) + 1:], None, node.lineno
+                        yield mod, a.name[len(PACKAGE) + 1:], None, node.lineno, id(node) in deferred
             elif isinstance(node, ast.ImportFrom):
                 target = _resolve(mod, is_pkg, node)
                 if target is None:
                     continue
                 for a in node.names:
                     sub = f"{target}.{a.name}" if target else a.name
-                    if sub in mods:  # `from . import ode`: the module itself
-                        yield mod, sub, None, node.lineno
+                    if sub in mods or (old_path(sub, moved) and not old_path(target, moved)):  # `from . import ode`
+                        yield mod, sub, None, node.lineno, id(node) in deferred
                     else:
-                        yield mod, target, a.name, node.lineno
+                        yield mod, target, a.name, node.lineno, id(node) in deferred
 
 
 def check() -> list[str]:
-    mods = modules()
+    mods, moved = modules(), moved_modules()
     problems, graph = [], {m: set() for m in mods}
-    for mod, target, name, line in imports(mods):
+    for old, new in sorted(moved.items()):
+        if old in mods:
+            problems.append(f"{PACKAGE}/__init__.py: MOVED_MODULES lists {old!r}, which is a module again")
+        if new not in mods:
+            problems.append(f"{PACKAGE}/__init__.py: MOVED_MODULES maps {old!r} to {new!r}, which does not exist")
+    for mod, target, name, line, deferred in imports(mods, moved):
         where = f"{mods[mod].relative_to(ROOT.parent)}:{line}"
         if target not in mods:
-            problems.append(f"{where}: imports {PACKAGE}.{target}, which does not exist")
+            new = old_path(target, moved)
+            problems.append(f"{where}: imports the old path {PACKAGE}.{target}; use {PACKAGE}.{new}" if new else
+                            f"{where}: imports {PACKAGE}.{target}, which does not exist")
             continue
-        if target != mod:
+        if target != mod and not deferred:
             graph[mod].add(target)
         lo, hi = layer_of(mod), layer_of(target)
         if lo is None:
             problems.append(f"{where}: module {mod!r} has no layer in scoregen.tools.layers.LAYERS")
-        elif hi is not None and hi > lo:
+        elif hi is not None and hi > lo and not deferred:
             problems.append(f"{where}: {mod} (layer {LAYERS[lo][0]!r}) imports {target} from the higher layer "
                             f"{LAYERS[hi][0]!r}")
         parent = target.rsplit(".", 1)[0] if "." in target else ""

@@ -1,0 +1,117 @@
+"""A trained run folder as one object: config and checkpoint loaded once, then scored and sampled many times.
+
+    from scoregen.runs import Run
+    run = Run.open("runs/moons")                          # config.yaml + checkpoint.pt (EMA weights)
+    x = run.sample(1000).samples                          # the run's own sampler, in data units
+    y = run.sample(1000, "ddim", steps=20, seed=1).samples
+    score = run.score_fn(label=3, guidance=2.0)           # (x, t) -> score, in model units
+
+The model scores normalized data ("model units"); `to_model_units` / `to_data_units` apply the run's
+normalizer and its inverse. `recipe.sample_run(run_dir, ...)` is `Run.open(run_dir).sample(...)`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..data.images import parse_value_range
+from ..sampling.samplers import SampleResult, get_sampler
+from ..training.trainer import load_run
+from . import config as C
+
+__all__ = ["Run", "CONFIG_NAME", "load_run_config"]
+
+CONFIG_NAME = "config.yaml"
+
+
+def load_run_config(run_dir) -> dict:
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a scoregen run folder "
+                                "(make one with `scoregen train --out RUN_DIR`)")
+    return C.parse_value(path.read_text(), str(path))  # YAML read as config files are (1e-4 a float)
+
+
+class Run:
+    """A loaded run: `config` (its config.yaml), `model` (EMA weights, eval mode), `sde`, `normalizer`,
+    `meta` (step, train_config, loss_history, data_shape, run_dir), `shape` (one example's shape),
+    `points` (point data rather than images), `value_range` (of the images' data units) and `device`.
+    """
+
+    def __init__(self, run_dir, device="cpu"):
+        self.dir = Path(run_dir)
+        self.config = load_run_config(self.dir)
+        self.model, self.sde, self.normalizer, self.meta = load_run(self.dir, device=device)
+        self.device = device
+        self.shape = tuple(self.meta["data_shape"][1:])
+        self.points = len(self.shape) == 1
+        self.value_range = parse_value_range((self.config.get("data") or {}).get("value_range") or (0, 1))
+
+    @classmethod
+    def open(cls, run_dir, device="cpu") -> "Run":
+        """Load RUN_DIR's config.yaml and checkpoint.pt once."""
+        return cls(run_dir, device=device)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.dir)!r}, step={self.meta['step']}, shape={self.shape}, sde={self.sde!r})"
+
+    # --- units ----------------------------------------------------------------------------------
+    def to_model_units(self, x: torch.Tensor) -> torch.Tensor:
+        """Data (N, ...) in the run's data units -> the normalized units the model scores, on its device."""
+        return self.normalizer(torch.as_tensor(x).to(self.device))
+
+    def to_data_units(self, z: torch.Tensor) -> torch.Tensor:
+        """Model units -> the run's data units, on the CPU."""
+        return self.normalizer.inverse(z).cpu()
+
+    # --- scores and samples -----------------------------------------------------------------------
+    def score_fn(self, label=None, guidance: float | None = None):
+        """(x, t) -> score in model units: unconditional; with `label`, s(x, t, y); with `guidance` w as
+        well, the classifier-free guided s(x, t) + w [s(x, t, y) - s(x, t)] (`steering.guidance`)."""
+        if label is None and guidance is None:
+            return self.model.score_fn()
+        from ..steering.guidance import guided_score_fn  # steering sits below runs; imported when asked for
+
+        return guided_score_fn(self.model, label, guidance, train_config=self.meta["train_config"])
+
+    def sample(self, n: int | None = None, sampler: str | None = None, *, steps: int | None = None,
+               seed: int | None = None, batch_size: int | None = None, progress: bool = False,
+               return_trajectory: bool = False, label=None, guidance: float | None = None,
+               **options) -> SampleResult:
+        """Samples in data units, with the run's configured sampler (and its options) by default.
+
+        n, batch_size and seed default to the config's `sample` section (1000, n, 0); `steps` and
+        `options` go to the sampler; `label`/`guidance` as in `score_fn`.
+        """
+        score_fn = self.score_fn(label, guidance)
+        sc = dict(self.config.get("sample") or {})
+        name = sampler or sc.pop("sampler", "pc")
+        fn = get_sampler(name)
+        if sampler is None:  # the run's own sampler options apply only to its own sampler
+            options = {**{k: v for k, v in sc.items() if k not in C.SAMPLE_KEYS}, **options}
+        C.check_sampler_options(name, options)
+        n = int(n if n is not None else sc.get("n", 1000))
+        batch = int(batch_size or sc.get("batch_size", n))
+        if n < 1 or batch < 1:
+            raise ValueError(f"the number of samples and the batch size must be positive integers, got n={n}, "
+                             f"batch_size={batch}")
+        if steps is not None:
+            options["steps"] = int(steps)
+        device, shape, sde = self.device, self.shape, self.sde
+        g = torch.Generator(device=device).manual_seed(int(seed if seed is not None else sc.get("seed", 0)))
+        outs, nfe, trajs = [], 0, []
+        for start in range(0, n, batch):
+            b = min(batch, n - start)
+            x = sde.prior_sample((b,) + shape, generator=g, device=device)
+            with torch.no_grad():  # a guided score that needs gradients enables them itself
+                res = fn(score_fn, sde, x, generator=g, progress=progress, return_trajectory=return_trajectory,
+                         **options)
+            outs.append(self.to_data_units(res.samples))
+            nfe = res.nfe
+            if return_trajectory:
+                trajs.append(res.trajectory)
+        traj = None
+        if return_trajectory:
+            traj = self.to_data_units(torch.cat(trajs, dim=1).reshape(-1, *shape)).reshape(len(trajs[0]), n, *shape)
+        return SampleResult(torch.cat(outs), nfe, traj, res.times if return_trajectory else None)

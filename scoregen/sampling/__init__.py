@@ -1,0 +1,1 @@
+"""Samplers over (score_fn, sde, x): one signature, one registry (samplers)."""
