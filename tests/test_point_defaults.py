@@ -11,7 +11,7 @@ from scoregen.cli import main
 from scoregen.data.points import suggest_sigma_max, suggest_sigma_min
 from scoregen.models.score import ScoreModel
 from scoregen.models.nets import build_net
-from scoregen.runs.recipe import build_sde, load_run_config
+from scoregen.runs.recipe import SIGMA_MAX_FACTOR, SIGMA_MIN_FLOOR, build_sde, load_run_config
 from scoregen.process.sde import VESDE
 from scoregen.training.trainer import Normalizer, TrainConfig, Trainer, load_run, train
 
@@ -53,8 +53,8 @@ def test_auto_noise_range_on_a_constant_column():
     sde, z = _auto_sde(x)
     assert torch.all(z[:, 2] == 0)  # the constant column is centred to exactly 0
     zn = z.numpy()
-    assert sde.sigma_max == pytest.approx(suggest_sigma_max(zn), rel=1e-3)
-    assert sde.sigma_min == pytest.approx(suggest_sigma_min(zn), rel=1e-3)
+    assert sde.sigma_max == pytest.approx(SIGMA_MAX_FACTOR * suggest_sigma_max(zn), rel=1e-3)
+    assert sde.sigma_min == pytest.approx(max(SIGMA_MIN_FLOOR, suggest_sigma_min(zn)), rel=1e-3)
     assert 0 < sde.sigma_min < sde.sigma_max
 
 
@@ -64,8 +64,8 @@ def test_auto_noise_range_on_two_points():
     # so after standardising they lie 2 sqrt(2) apart whatever v is
     d = float((z[0] - z[1]).norm())
     assert d == pytest.approx(2 * np.sqrt(2), rel=1e-6)
-    assert sde.sigma_max == pytest.approx(d, rel=1e-3)
-    assert sde.sigma_min == pytest.approx(0.1 * d, rel=1e-3)
+    assert sde.sigma_max == pytest.approx(SIGMA_MAX_FACTOR * d, rel=1e-3)
+    assert sde.sigma_min == pytest.approx(0.1 * d, rel=1e-3)  # above the floor
 
 
 def test_auto_noise_range_ignores_huge_offsets_and_scales():
@@ -76,6 +76,13 @@ def test_auto_noise_range_ignores_huge_offsets_and_scales():
         sde, _ = _auto_sde(shifted)
         assert sde.sigma_max == pytest.approx(base.sigma_max, rel=1e-3)
         assert sde.sigma_min == pytest.approx(base.sigma_min, rel=2e-2)  # float32 rounding of 1e6 + x
+
+
+def test_sigma_min_has_a_floor_on_dense_low_dimensional_data():
+    x = np.random.default_rng(2).standard_normal((20000, 2))
+    sde, z = _auto_sde(x)
+    assert suggest_sigma_min(z.numpy()) < SIGMA_MIN_FLOOR  # dense 2-D data: nearest neighbours ~0.006 apart
+    assert sde.sigma_min == SIGMA_MIN_FLOOR
 
 
 def test_identical_points_give_a_clear_error():
@@ -156,7 +163,7 @@ def test_two_points_train_with_the_defaults(tmp_path):
         assert main(["train", "--data", str(tmp_path / "two.npy"), "--out", str(tmp_path / "r"), "--steps", "20",
                      "--no-progress"]) == 0
     sde = load_run(tmp_path / "r")[1]
-    assert sde.sigma_max == pytest.approx(2 * np.sqrt(2), rel=1e-3)
+    assert sde.sigma_max == pytest.approx(SIGMA_MAX_FACTOR * 2 * np.sqrt(2), rel=1e-3)
 
 
 def test_points_preset_names_no_dimension():
