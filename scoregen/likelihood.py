@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -65,6 +66,11 @@ EXACT_MAX_DIM = 64
 _LOOP_MAX_PROBES = 8
 # beyond: x replicated once per probe, at most this many elements (copies x N x D) per pass
 _REPLICA_ELEMENTS = 1 << 18
+
+#: a log-density of the prior at the ODE's end point: logp(z) -> (N,) nats, z of shape (N, ...).
+LogDensityFn = Callable[[torch.Tensor], torch.Tensor]
+#: a value range (lo, hi) of the data, e.g. (0, 1) or (-1, 1).
+ValueRange = Sequence[float]
 
 
 @dataclass
@@ -280,11 +286,11 @@ def _progress_bar(progress):
 
 
 # --- public API --------------------------------------------------------------------------------
-def log_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, divergence: str = "auto", n_probes: int = 1,
+def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, divergence: str = "auto", n_probes: int = 1,
                    probe: str = "rademacher", solver: str = "rk45", steps: int = 100, grid: str = "log_snr",
-                   rtol: float = 1e-5,
-                   atol: float = 1e-5, eps: float | None = None, prior_logp=None, probes=None, generator=None,
-                   progress: bool = False) -> LikelihoodResult:
+                   rtol: float = 1e-5, atol: float = 1e-5, eps: float | None = None,
+                   prior_logp: LogDensityFn | None = None, probes: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None, progress: bool = False) -> LikelihoodResult:
     """log p_eps(x) per example, in nats, through the probability-flow ODE (module docstring).
 
     score_fn(x, t) must be differentiable in x (it is called under enable_grad); x is (N, ...)
@@ -331,18 +337,19 @@ def log_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, divergence: str = "au
                             n_rejected=res.n_rejected)
 
 
-def bpd_offset(dim: int, levels: int = 256, value_range=(0.0, 1.0)) -> float:
+def bpd_offset(dim: int, levels: int = 256, value_range: ValueRange = (0.0, 1.0)) -> float:
     """D log L - D log(hi - lo) nats: add it to -log p_X(x) to get the discrete data's NLL bound."""
     lo, hi = _value_range(value_range)
     return dim * (math.log(int(levels)) - math.log(hi - lo))
 
 
-def nll_to_bpd(nll, dim: int, levels: int = 256, value_range=(0.0, 1.0)):
+def nll_to_bpd(nll: torch.Tensor | float, dim: int, levels: int = 256,
+               value_range: ValueRange = (0.0, 1.0)) -> torch.Tensor | float:
     """bpd = (-log p_X(x) + D log L - D log(hi - lo)) / (D ln 2) from -log p_X(x) in nats."""
     return (nll + bpd_offset(dim, levels, value_range)) / (dim * math.log(2))
 
 
-def _value_range(value_range) -> tuple[float, float]:
+def _value_range(value_range: ValueRange) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in value_range)
     except (TypeError, ValueError):
@@ -353,7 +360,7 @@ def _value_range(value_range) -> tuple[float, float]:
     return lo, hi
 
 
-def _check_pixels(pixels, levels: int) -> torch.Tensor:
+def _check_pixels(pixels: torch.Tensor | np.ndarray, levels: int) -> torch.Tensor:
     if not isinstance(pixels, torch.Tensor):
         pixels = torch.as_tensor(np.asarray(pixels))
     if pixels.dim() < 2 or pixels.shape[0] == 0:
@@ -365,8 +372,8 @@ def _check_pixels(pixels, levels: int) -> torch.Tensor:
     return pixels
 
 
-def dequantize(pixels: torch.Tensor, *, levels: int = 256, value_range=(0.0, 1.0), generator=None,
-               dtype=torch.float32) -> torch.Tensor:
+def dequantize(pixels: torch.Tensor | np.ndarray, *, levels: int = 256, value_range: ValueRange = (0.0, 1.0),
+               generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Uniform dequantization: x = lo + (hi - lo) (k + u) / L, u ~ U[0, 1)^D, on pixels' device."""
     lo, hi = _value_range(value_range)
     pixels = _check_pixels(pixels, int(levels))
@@ -375,9 +382,10 @@ def dequantize(pixels: torch.Tensor, *, levels: int = 256, value_range=(0.0, 1.0
     return lo + (hi - lo) * (pixels.to(dtype) + u) / int(levels)
 
 
-def bits_per_dim(score_fn, sde: SDE, pixels: torch.Tensor, *, levels: int = 256, value_range=(0.0, 1.0),
-                 shift=0.0, scale: float = 1.0, repeats: int = 1, generator=None, dtype=torch.float32,
-                 **options) -> BPDResult:
+def bits_per_dim(score_fn: ScoreFn, sde: SDE, pixels: torch.Tensor | np.ndarray, *, levels: int = 256,
+                 value_range: ValueRange = (0.0, 1.0), shift: float | torch.Tensor = 0.0, scale: float = 1.0,
+                 repeats: int = 1, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+                 **options: Any) -> BPDResult:
     """Bits per dimension of integer pixels k in {0..levels-1}, shape (N, ...) (module docstring):
 
         bpd = ( -log p_X(x) - D log(hi - lo) + D log L ) / (D ln 2),   x = lo + (hi - lo)(k + u)/L,

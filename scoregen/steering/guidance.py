@@ -25,15 +25,25 @@ trained without dropout has never seen that label, so its "unconditional" score 
 """
 from __future__ import annotations
 
+from typing import Callable, Sequence, Union
+
 import torch
 
-from ..models.score import batch_time
+from ..models.score import ScoreModel, batch_time
+from ..process.distributions import GaussianMixture
+from ..process.sde import SDE
+from ..util import ScoreFn
 
 __all__ = ["guided_score_fn", "conditional_score_fn", "classifier_free_guidance", "cfg_combination", "classifier_guidance",
            "bayes_conditional_score", "mixture_classifier", "check_labels", "model_classes"]
 
+#: a noise-conditional classifier: log_prob_fn(x, t) -> (N, K) class logits (or log-probabilities).
+LogProbFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: class labels: one int for the whole batch, or N of them (a 1-D int tensor or a sequence of ints).
+Labels = Union[int, Sequence[int], torch.Tensor]
 
-def model_classes(model) -> int:
+
+def model_classes(model: ScoreModel) -> int:
     """The number of classes of a ScoreModel's network (0 for an unconditional one): `net.n_classes`
     (ScoreMLP) or the label table's (`net.label.n_classes`, the U-Nets)."""
     net = getattr(model, "net", None)
@@ -43,7 +53,8 @@ def model_classes(model) -> int:
     return int(n or 0)
 
 
-def check_labels(y, n_classes: int, n: int | None = None, device=None) -> torch.Tensor:
+def check_labels(y: Labels, n_classes: int, n: int | None = None,
+                 device: torch.device | str | None = None) -> torch.Tensor:
     """y (an int, or integers of shape (N,)) as an int64 tensor, each in [0, n_classes)."""
     if n_classes < 1:
         raise ValueError("labels were given, but the model is unconditional (trained with n_classes=0); "
@@ -70,23 +81,23 @@ def _batch_labels(y: torch.Tensor, n: int) -> torch.Tensor:
     return y
 
 
-def _check_weight(w) -> float:
+def _check_weight(w: float) -> float:
     if isinstance(w, bool) or not isinstance(w, (int, float)) or w != w or abs(w) == float("inf"):
         raise ValueError(f"the guidance weight w must be a finite number (0: unconditional, 1: conditional), got {w!r}")
     return float(w)
 
 
-def conditional_score_fn(model, y):
+def conditional_score_fn(model: ScoreModel, y: Labels) -> ScoreFn:
     """s(x, t, y) of a class-conditional ScoreModel, with the label checked against its classes."""
     labels = check_labels(y, model_classes(model))
 
-    def fn(x, t):
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model(x, t, _batch_labels(labels.to(x.device), x.shape[0]))
 
     return fn
 
 
-def _check_dropout(model, train_config) -> None:
+def _check_dropout(model: ScoreModel, train_config: dict | None) -> None:
     """Refuse guidance (w != 1) with a network whose null label was never trained."""
     n_classes = model_classes(model)
     if n_classes < 1:
@@ -100,7 +111,7 @@ def _check_dropout(model, train_config) -> None:
                              "train.label_dropout > 0 (e.g. 0.1), or sample with w=1 (the plain conditional score)")
 
 
-def cfg_combination(uncond_fn, cond_fn, w: float):
+def cfg_combination(uncond_fn: ScoreFn, cond_fn: ScoreFn, w: float) -> ScoreFn:
     """s(x, t) + w [s(x, t, y) - s(x, t)] from two score functions (e.g. exact ones): uncond_fn = s(x, t),
     cond_fn = s(x, t, y). w = 0 and w = 1 call only the one they need."""
     w = _check_weight(w)
@@ -109,14 +120,14 @@ def cfg_combination(uncond_fn, cond_fn, w: float):
     if w == 1.0:
         return cond_fn
 
-    def fn(x, t):
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         u = uncond_fn(x, t)
         return u + w * (cond_fn(x, t) - u)
 
     return fn
 
 
-def classifier_free_guidance(model, y, w: float):
+def classifier_free_guidance(model: ScoreModel, y: Labels, w: float) -> ScoreFn:
     """s(x, t) + w [s(x, t, y) - s(x, t)] from one class-conditional ScoreModel.
 
     Both scores come from one forward pass over the doubled batch [x, x] with labels [y, null].
@@ -128,7 +139,7 @@ def classifier_free_guidance(model, y, w: float):
     if w == 1.0:
         return conditional_score_fn(model, labels)
 
-    def fn(x, t):
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         t = batch_time(t, x)
         null = torch.full((n,), n_classes, dtype=torch.long, device=x.device)
@@ -142,7 +153,8 @@ def classifier_free_guidance(model, y, w: float):
     return fn
 
 
-def guided_score_fn(model, y=None, w: float | None = 1.0, *, train_config: dict | None = None):
+def guided_score_fn(model: ScoreModel, y: Labels | None = None, w: float | None = 1.0, *,
+                    train_config: dict | None = None) -> ScoreFn:
     """The score function a sampler needs for `scoregen sample RUN_DIR --label Y --guidance W`.
 
     model: a ScoreModel (e.g. from `train.load_run`); y: None (unconditional), an int or (N,) ints;
@@ -161,7 +173,7 @@ def guided_score_fn(model, y=None, w: float | None = 1.0, *, train_config: dict 
     return classifier_free_guidance(model, y, w)
 
 
-def classifier_guidance(score_fn, log_prob_fn, y, w: float = 1.0):
+def classifier_guidance(score_fn: ScoreFn, log_prob_fn: LogProbFn, y: Labels, w: float = 1.0) -> ScoreFn:
     """s(x, t) + w grad_x log p(y | x, t) (Dhariwal & Nichol 2021, eq. (10)-(11) in score form).
 
     log_prob_fn(x, t) -> (N, K) class logits (or log-probabilities) of a noise-conditional
@@ -173,7 +185,7 @@ def classifier_guidance(score_fn, log_prob_fn, y, w: float = 1.0):
     if y.dtype.is_floating_point or y.dim() > 1:
         raise ValueError(f"a label must be an integer or a 1-D tensor of integers, got {y!r}")
 
-    def fn(x, t):
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         s = score_fn(x, t)
         if w == 0.0:
             return s
@@ -195,12 +207,12 @@ def classifier_guidance(score_fn, log_prob_fn, y, w: float = 1.0):
     return fn
 
 
-def bayes_conditional_score(score_fn, log_prob_fn, y):
+def bayes_conditional_score(score_fn: ScoreFn, log_prob_fn: LogProbFn, y: Labels) -> ScoreFn:
     """grad log p_t(x | y) = grad log p_t(x) + grad log p_t(y | x): classifier guidance at w = 1."""
     return classifier_guidance(score_fn, log_prob_fn, y, 1.0)
 
 
-def mixture_classifier(mixture, sde):
+def mixture_classifier(mixture: GaussianMixture, sde: SDE) -> LogProbFn:
     """The exact noisy classifier of a Gaussian mixture whose components are the classes:
 
         log p_t(k | x) = log w_k + log N(x; alpha mu_k, alpha^2 S_k + std^2 I) - log p_t(x),
@@ -208,7 +220,7 @@ def mixture_classifier(mixture, sde):
     returned as (x, t) -> (N, K) logits (differentiable in x), in x's dtype.
     """
 
-    def fn(x, t):
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0]).cpu()
         lp = mixture.component_log_probs(x.double().cpu(), sde.alpha(t), sde.std(t))
         return lp.to(dtype=x.dtype, device=x.device)
