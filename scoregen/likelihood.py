@@ -5,8 +5,8 @@ A score model defines a continuous normalizing flow: the probability-flow ODE
     dx/dt = f~(x, t) = f(x, t) - 1/2 g(t)^2 s(x, t)
 
 carries p_eps to p_T, and along a solution the instantaneous change of variables (Chen et al.
-2018) gives d/dt log p_t(x(t)) = -div f~(x(t), t). Integrating from t = eps to T (seeds 000
-section 8, 001 "Likelihood Computation"; Song et al. 2021, Appendix D.2):
+2018) gives d/dt log p_t(x(t)) = -div f~(x(t), t). Integrating from t = eps to T (Song et al. 2021,
+"Score-based generative modeling through SDEs", Section 4.3 and Appendix D.2):
 
     log p_eps(x) = log p_T(x(T)) + int_eps^T div f~(x(t), t) dt,       x(eps) = x,
 
@@ -25,7 +25,7 @@ is linear, f(x, t) = c(t) x, so div f~ = D c(t) - 1/2 g(t)^2 div s, and only div
 
 The ODE is solved jointly for (x, the running divergence integral) as one (N, D + K) tensor on
 x's device, with the torch Dormand–Prince solver of `ode.py` (the default), scipy's `solve_ivp`
-(RK45, the seed's approach, kept for comparison) or fixed-step Heun.
+(RK45, as in the reference code of Song et al. 2021, kept for comparison) or fixed-step Heun.
 
 Bits per dimension (`bits_per_dim`): 8-bit pixels k in {0..L-1}^D (L = 256) are dequantized as
 y = (k + u) / L, u ~ U[0, 1)^D, and fed to the model in its value range [lo, hi] as

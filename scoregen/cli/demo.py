@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-HELP = "train on the seed's 3-Gaussian mixture (or any point data), sample with every sampler, write pictures + metrics.json"
+HELP = "train on the 3-Gaussian mixture (or any point data), sample with every sampler, write pictures + metrics.json"
 
 #: (sampler, options): each at a step count where it has converged on this kind of data
 DEMO_SAMPLERS = [
@@ -33,7 +33,8 @@ EXAMPLES = [
 
 def add_arguments(p):
     p.add_argument("--out", default="scoregen-demo", help="output folder (default: scoregen-demo)")
-    p.add_argument("--data", default="seed", help="point data set or .npy/.csv file (default: the seed's mixture)")
+    p.add_argument("--data", default="seed", help="point data set or .npy/.csv file "
+                   "(default: seed, the 3-Gaussian mixture)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the points preset's)")
     p.add_argument("--n", type=int, default=1000, help="samples per sampler")
     p.add_argument("--samplers", nargs="*", default=None, help="subset of samplers to run")

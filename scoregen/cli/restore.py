@@ -7,8 +7,8 @@ reverse-diffusion sampler; `dps` is its own sampler):
     pigdm            PiGDM (Song et al. 2023), default; --jacobian isotropic (default, stable) or autograd
     dps              the DPS sampler (Chung et al. 2023), step --zeta
     dps-score        DPS's Gaussian-likelihood score
-    posterior        seed 000's approximate posterior score, noise-inflated
-    posterior-const  seed 000's formula literally (clean-data likelihood at every t; often unstable)
+    posterior        the approximate posterior score (Song et al. 2021, eq. 14), noise-inflated (Jalal et al. 2021)
+    posterior-const  the same, literally (clean-data likelihood at every t; often unstable)
 
 Operators: inpaint-random (--keep), inpaint-box (--box), superres (--factor), blur (--blur-sigma),
 colorize; for points `matrix` with --matrix FILE.npy (m, D). Writes panel.png (observation |

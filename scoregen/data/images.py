@@ -1,7 +1,7 @@
 """Image data sets as tensors: MNIST, Fashion-MNIST, scikit-learn's 8x8 digits, CIFAR-10, folders.
 
 Every loader returns `(x, y)`: images `x` of shape (N, C, H, W), float32, scaled to a chosen
-`value_range` ((0, 1), seed 001's `ToTensor()` convention, or (-1, 1)), and labels `y` of shape
+`value_range` ((0, 1), torchvision's `ToTensor()` convention, or (-1, 1)), and labels `y` of shape
 (N,), int64 (all zeros for an unlabelled folder). Nothing here needs torchvision.
 
 Where the files are looked for (first match wins), for MNIST-like sets and CIFAR-10:

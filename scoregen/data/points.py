@@ -1,7 +1,7 @@
-"""Point-cloud data: the seed's mixture, 2-D toy sets, user files, standardisation and noise scales.
+"""Point-cloud data: the 3-Gaussian mixture, 2-D toy sets, user files, standardisation and noise scales.
 
 Every data set is an array of shape (N, D), float32. The toys are drawn in the units of the
-seed's mixture: their RMS distance from their mean is about 5, like the mixture's
+3-Gaussian mixture: their RMS distance from their mean is about 5, like the mixture's
 sqrt(tr Cov) = 5.14, so one set of training defaults fits them all. Each named data set has an
 exact generating distribution, and `reference_sampler(name)` draws fresh samples from it on a
 seed stream separate from the data set's, for the metrics' noise floors.
@@ -97,7 +97,7 @@ class PointDataset:
     draw: Callable[[int, int], np.ndarray]
 
 
-_MIXTURE = PointDataset("the seed's 3-component 2-D Gaussian mixture (seed_dataset: 300 points)", 300, _mixture)
+_MIXTURE = PointDataset("the 3-component 2-D Gaussian mixture (seed_dataset: its fixed 300 points)", 300, _mixture)
 POINT_DATASETS: dict[str, PointDataset] = {
     "seed": _MIXTURE,
     "mixture": _MIXTURE,
@@ -180,7 +180,7 @@ def _subsample(x: np.ndarray, n: int, seed: int, source: str) -> np.ndarray:
 def load_points(name_or_path, n: int | None = None, seed: int = 0) -> np.ndarray:
     """A point cloud (N, D) float32 by registry name or from a .npy/.csv file.
 
-    Names (see POINT_DATASETS): "seed"/"mixture" is the seed's data set exactly
+    Names (see POINT_DATASETS): "seed"/"mixture" is the 3-Gaussian mixture's fixed data set
     (`seed_dataset()`, 300 points) unless n or a non-zero seed is given, then n (default 300)
     fresh draws from `seed_mixture()`. A toy gives its `default_n` points (or n) drawn with `seed`.
     A file gives all its rows, or a random subset of n rows chosen with `seed`.

@@ -10,11 +10,11 @@ The members cover what users bring:
 
 - Gaussian mixtures in D = 1, 2, 3, 5, 10, 20: equal and very unequal weights (1:10), isotropic and
   anisotropic components (condition number 400), well separated and overlapping, few (2) and many
-  (16, a 4 x 4 grid) modes; the seed's 3-Gaussian mixture at training sizes N = 200, 300 (the seed's
-  own data set), 2000 and 20000;
+  (16, a 4 x 4 grid) modes; the 3-Gaussian mixture (`seed`) at training sizes N = 200, 300 (its
+  fixed data set), 2000 and 20000;
 - heavy tails (a product of Student-t with 3 degrees of freedom) and bounded support (uniform on a
   box and on an annulus);
-- the seed mixture scaled by 1e-3 and 1e3, and shifted by 1e3;
+- the 3-Gaussian mixture scaled by 1e-3 and 1e3, and shifted by 1e3;
 - the 2-D toys of `data.POINT_DATASETS` (moons, Swiss roll, checkerboard, rings), judged against
   fresh draws of their own generator.
 """
@@ -50,7 +50,7 @@ class SuiteMember:
     draw: Callable[[int, int], np.ndarray]
     log_prob: Callable[[np.ndarray], np.ndarray] | None = None
     mixture: GaussianMixture | None = None
-    data: Callable[[], np.ndarray] | None = None  # a fixed training set (the seed's), else draw(n_train, 0)
+    data: Callable[[], np.ndarray] | None = None  # a fixed training set (`seed_dataset`), else draw(n_train, 0)
 
     def train_data(self) -> np.ndarray:
         """The training set: the member's fixed one, or `draw(n_train, seed=0)`."""
@@ -163,10 +163,10 @@ def _build_suite() -> dict[str, SuiteMember]:
     members = [
         _mixture_member("gmm1d", "1-D, 3 unequal components of different widths",
                         GaussianMixture([0.3, 0.5, 0.2], [[-3.0], [0.0], [2.5]], [[[0.25]], [[1.0]], [[0.09]]])),
-        _mixture_member("seed300", "the seed's 3-Gaussian mixture, its own 300 points", seed, 300, seed_dataset),
-        _mixture_member("seed_n200", "the seed mixture, N = 200", seed, 200),
-        _mixture_member("seed_n2000", "the seed mixture, N = 2000", seed, 2000),
-        _mixture_member("seed_n20000", "the seed mixture, N = 20000", seed, 20000),
+        _mixture_member("seed300", "the 3-Gaussian mixture, its fixed 300 points", seed, 300, seed_dataset),
+        _mixture_member("seed_n200", "the 3-Gaussian mixture, N = 200", seed, 200),
+        _mixture_member("seed_n2000", "the 3-Gaussian mixture, N = 2000", seed, 2000),
+        _mixture_member("seed_n20000", "the 3-Gaussian mixture, N = 20000", seed, 20000),
         _mixture_member("unequal2d", "2 separated Gaussians, weights 1:10",
                         GaussianMixture([1 / 11, 10 / 11], [[-4.0, 0.0], [4.0, 0.0]], np.stack([np.eye(2)] * 2))),
         _mixture_member("aniso2d", "2 crossing Gaussians of stds 2 and 0.1 (condition number 400)",
@@ -185,9 +185,10 @@ def _build_suite() -> dict[str, SuiteMember]:
                     *uniform_box([-1.0, 0.0, -3.0], [1.0, 2.0, 3.0])),
         SuiteMember("annulus2d", "bounded support: uniform on the annulus 1 <= |x| <= 2", 2, 2000,
                     *uniform_annulus(1.0, 2.0)),
-        _mixture_member("seed_scale1e-3", "the seed mixture x 1e-3", seed.affine(np.zeros(2), 1e3)),
-        _mixture_member("seed_scale1e3", "the seed mixture x 1e3", seed.affine(np.zeros(2), 1e-3)),
-        _mixture_member("seed_offset1e3", "the seed mixture + (1e3, -1e3)", seed.affine(np.array([-1e3, 1e3]), 1.0)),
+        _mixture_member("seed_scale1e-3", "the 3-Gaussian mixture x 1e-3", seed.affine(np.zeros(2), 1e3)),
+        _mixture_member("seed_scale1e3", "the 3-Gaussian mixture x 1e3", seed.affine(np.zeros(2), 1e-3)),
+        _mixture_member("seed_offset1e3", "the 3-Gaussian mixture + (1e3, -1e3)",
+                        seed.affine(np.array([-1e3, 1e3]), 1.0)),
     ] + [_toy_member(k) for k in ("moons", "swissroll", "checkerboard", "rings")]
     return {m.name: m for m in members}
 

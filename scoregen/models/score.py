@@ -7,12 +7,12 @@ The network sees a noise input c(t) and returns a vector shaped like x (nets kno
     s(x, t, y) = net(c_in(t) x, c(t), y) / std(t)      (each factor can be switched off)
     c_in(t) = 1 / sqrt(alpha(t)^2 + std(t)^2)          if scale_input, else 1
 
-Dividing by std is the output scaling of seed 001 / Song et al. (2021): the true score of the
+Dividing by std is the output scaling of Song et al. (2021) (its MNIST tutorial's ScoreNet): the true score of the
 noised data has norm ~ 1/std (grad log p_t = -E[z | x_t] / std), so the network only has to output
 something of order one, -E[z | x_t], at every noise level. The input scaling c_in is EDM's
 (Karras et al. 2022, with sigma_data = 1: the trainer standardizes data): it keeps the network's
 input of unit size when VE noise makes x(t) as large as sigma_max. It is 1 for VP and ~1 for
-sub-VP; for VE on the seed mixture it lowered the learned score's error at large t about 3x.
+sub-VP; for VE on the 3-Gaussian mixture it lowered the learned score's error at large t about 3x.
 """
 from __future__ import annotations
 

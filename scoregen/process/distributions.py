@@ -145,18 +145,21 @@ class GaussianMixture:
         return float(-lp.mean()), float(lp.std() / math.sqrt(n))
 
 
-# The three anisotropic Gaussians of seed 002 (also used by the DDPM/DDIM tutorials it cites).
+# The three anisotropic Gaussians of the 2-D toy mixture behind the `seed` data set (a common DDPM/DDIM
+# tutorial target).
 SEED_MEANS = [[0.0, 0.0], [6.0, 6.0], [-4.0, 5.0]]
 SEED_COVS = [[[1.0, 0.5], [0.5, 1.0]], [[1.5, -0.7], [-0.7, 1.5]], [[0.8, 0.0], [0.0, 2.0]]]
 
 
 def seed_mixture() -> GaussianMixture:
-    """The seed's 2-D mixture of three anisotropic Gaussians, equal weights."""
+    """The 3-Gaussian mixture: three anisotropic 2-D Gaussians with means (0, 0), (6, 6) and (-4, 5),
+    equal weights (the law of the `seed` data set)."""
     return GaussianMixture([1 / 3] * 3, SEED_MEANS, SEED_COVS)
 
 
 def seed_dataset(n: int = 300, seed: int = 42) -> np.ndarray:
-    """The seed's data set exactly: numpy default_rng(42), n // 3 points per component, float32."""
+    """The `seed` data set: n // 3 points per component of `seed_mixture()`, component by component, from
+    numpy's default_rng(42), float32 (with the defaults, the fixed 300-point training set)."""
     rng = np.random.default_rng(seed)
     parts = [rng.multivariate_normal(np.array(m), np.array(c), n // 3) for m, c in zip(SEED_MEANS, SEED_COVS)]
     return np.vstack(parts).astype(np.float32)

@@ -6,7 +6,7 @@ Every process here is *linear* in x, so its transition kernel is Gaussian:
 
 and everything a sampler or a likelihood needs follows from four functions of t: the drift
 f(x, t) = -1/2 beta(t) x (or 0), the diffusion g(t), the mean coefficient alpha(t) and the std.
-Given a score s(x, t) ~ grad_x log p_t(x) (seeds 000 section 4, 001 "Reversing the Diffusion"):
+Given a score s(x, t) ~ grad_x log p_t(x) (Song et al. 2021, eq. 6 and 13; Anderson 1982):
 
     reverse-time SDE       dx = [f(x, t) - g(t)^2 s(x, t)] dt + g(t) dw_bar
     probability-flow ODE   dx = [f(x, t) - 1/2 g(t)^2 s(x, t)] dt
@@ -157,7 +157,7 @@ class SDE(ABC):
 
 
 class VESDE(SDE):
-    """Variance-exploding SDE (SMLD / NCSN in continuous time), seed 001's choice.
+    """Variance-exploding SDE (SMLD / NCSN in continuous time, Song et al. 2021, eq. 9), the MNIST presets' SDE.
 
         sigma(t) = sigma_min (sigma_max / sigma_min)^t,  dx = sqrt(d[sigma(t)^2]/dt) dw,
         g(t) = sigma(t) sqrt(2 log(sigma_max / sigma_min)),  alpha(t) = 1,

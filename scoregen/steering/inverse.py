@@ -21,7 +21,7 @@ x(0) given x(t), which a score model gives only approximately. Writing sigma(t) 
     sigma_y^2 I + sigma(t)^2 A A^T), hence
         grad log p_t(y | x) ~ (1 / alpha) A^T (sigma_y^2 I + k sigma(t)^2 A A^T)^{-1} (y - A x / alpha),
     with k = 1 (`inflate=True`, the noise-inflated likelihood of Jalal et al. 2021) or k = 0 (the
-    seed's formula taken literally: the clean-data likelihood at every t, which pulls the noisy
+    plain approximation taken literally: the clean-data likelihood at every t, which pulls the noisy
     x(t) onto A x = y far too early and over-concentrates the posterior).
   * `dps_score` (Chung et al. 2023, "Diffusion posterior sampling", eq. 16 with a Gaussian
     likelihood): x(0) estimated by Tweedie's x0_hat(x(t)) = (x + std^2 s) / alpha, y | x(t) ~
@@ -185,11 +185,12 @@ def _obs_like(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def posterior_score(score_fn, sde: SDE, operator: LinearOperator, y, sigma_y: float, *, inflate: bool = True):
-    """Seed 000's approximate posterior score with its time treatment explicit (module docstring):
+    """The approximate posterior score s(x, t) - grad ||y - A x||^2 / (2 sigma_y^2) (Bayes' rule of Song et al.
+    2021, eq. 14, with x(0) ~ x(t) / alpha) with its time treatment explicit (module docstring):
 
         s(x, t) + (1/alpha) A^T (sigma_y^2 I + k sigma(t)^2 A A^T)^{-1} (y - A x / alpha),  k = inflate.
 
-    y: one measurement (out_shape) or one per example. inflate=False (the seed's literal formula)
+    y: one measurement (out_shape) or one per example. inflate=False (the clean-data likelihood at every t)
     needs sigma_y > 0.
     """
     y = _check_problem(operator, y, sigma_y, need_noise=not inflate)

@@ -1,6 +1,6 @@
 """Training objectives for score models: DSM, NCSN, continuous-time DSM, sliced score matching.
 
-Notation of the seeds: x(t) = alpha(t) x(0) + std(t) z with z ~ N(0, I), and a model s(x, t).
+Notation (Song et al. 2021, Section 3.3): x(t) = alpha(t) x(0) + std(t) z with z ~ N(0, I), and a model s(x, t).
 Since grad log p_0t(x(t) | x(0)) = -z / std, denoising score matching (Vincent 2011) regresses
 s onto -z / std; with the weight lambda = std^2 every noise level contributes O(1):
 
@@ -84,7 +84,7 @@ class DSMLoss(Loss):
 
         L = E_{x0, z} 1/2 || sigma s(alpha x0 + sigma z, t_sigma) + z ||^2,  t_sigma = sde.t_from_std(sigma),
 
-    i.e. sigma^2/2 E||s + z/sigma||^2. For VE (alpha = 1) this is the seed's x0 + sigma z; for
+    i.e. sigma^2/2 E||s + z/sigma||^2. For VE (alpha = 1) this is NCSN's x0 + sigma z (Song & Ermon 2019, eq. 5); for
     Gaussian data N(mu, S) its minimum is 1/2 sum_i alpha^2 l_i / (alpha^2 l_i + sigma^2), l_i = eig(S).
     """
 

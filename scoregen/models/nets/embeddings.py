@@ -32,7 +32,8 @@ class SinusoidalEmbedding(nn.Module):
         w_k = max_period^(-k / h),  h = dim / 2.
 
     Frequencies are geometric from 1 down to 1/max_period, so the lowest ones vary slowly over the
-    whole range of c (seed 002 uses it on log sigma).
+    whole range of c (Vaswani et al. 2017; Ho et al. 2020 use it on the time step, ScoreMLP by default
+    on log sigma).
     """
 
     def __init__(self, dim: int, max_period: float = 10000.0):
@@ -51,7 +52,7 @@ class SinusoidalEmbedding(nn.Module):
 
 
 class GaussianFourierEmbedding(nn.Module):
-    """Random Fourier features of a scalar (Tancik et al. 2020; Song et al. 2021, seed 001):
+    """Random Fourier features of a scalar (Tancik et al. 2020; the time features of Song et al. 2021):
 
         emb(c) = [sin(2 pi c W), cos(2 pi c W)],  W ~ N(0, scale^2 I_{dim/2}) drawn once.
 

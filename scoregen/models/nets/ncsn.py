@@ -2,7 +2,7 @@
 
     s_theta(x, c) with c the noise input (log sigma_i on the NCSN ladder, or the SDE time),
     trained with the multi-sigma loss sum_i sigma_i^2 E|| s(x + sigma_i z, sigma_i) + z / sigma_i ||^2
-    (seed 000 section "NCSN"; losses.ncsn_loss).
+    (Song & Ermon 2019, eq. 6; losses.ncsn_loss).
 
 Noise conditioning is by **conditional instance normalisation++** (CIN++, Song & Ermon 2019,
 eq. 7): for a feature map x with channel means mu_k, channel stds s_k, and m, v the mean and std

@@ -1,14 +1,15 @@
-"""U-Net score networks for images: seed 001's small U-Net and a configurable one after seed 000.
+"""U-Net score networks for images: the small U-Net of Song et al. 2021's MNIST tutorial (`SeedUNet`) and a
+configurable one after DDPM (Ho et al. 2020).
 
 Both follow the nets contract `net(x, c, y=None)`: x (N, C, H, W), c a per-example noise input of
 shape (N,) (log std or time, chosen by `models.ScoreModel`), y optional class labels (N,) int64.
-They know no SDE: the division of the output by the marginal std that seed 001 does inside its
-network is done by `ScoreModel(scale_by_std=True)`.
+They know no SDE: the division of the output by the marginal std that the tutorial's ScoreNet does
+inside its network is done by `ScoreModel(scale_by_std=True)`.
 
 References: Ronneberger et al. 2015 (U-Net); Ho et al. 2020 (DDPM U-Net: residual blocks,
 GroupNorm, self-attention at chosen resolutions); Dhariwal & Nichol 2021 and Perez et al. 2018
-(FiLM: a feature-wise scale and shift from the conditioning); Song et al. 2021 (seed 001's
-ScoreNet with Gaussian random Fourier time features).
+(FiLM: a feature-wise scale and shift from the conditioning); Song et al. 2021 (the
+ScoreNet of its MNIST tutorial, with Gaussian random Fourier time features).
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def check_inputs(x: torch.Tensor, c: torch.Tensor, in_channels: int, name: str) 
 
 
 def make_embedding(kind: str, dim: int, fourier_scale: float) -> nn.Module:
-    """'fourier' (seed 001: Gaussian random features) or 'sinusoidal' (DDPM) features of c."""
+    """'fourier' (Gaussian random features, as in Song et al. 2021) or 'sinusoidal' (DDPM, Ho et al. 2020)
+    features of c."""
     if kind == "fourier":
         return GaussianFourierEmbedding(dim, scale=fourier_scale)
     if kind == "sinusoidal":
@@ -76,9 +78,9 @@ def _gn(ch: int, max_groups: int = 32) -> nn.GroupNorm:
     return nn.GroupNorm(groups, ch)
 
 
-# --- seed 001 ----------------------------------------------------------------------------
+# --- the small U-Net of the Score-SDE MNIST tutorial ----------------------------------------
 class SeedUNet(nn.Module):
-    """Seed 001's time-conditional U-Net (Song et al. 2021 tutorial "ScoreNet"), for 28x28 images.
+    """The small time-conditional U-Net ("ScoreNet") of Song et al. 2021's MNIST tutorial, for 28x28 images.
 
     Time features: emb = SiLU(Dense([sin 2 pi W c, cos 2 pi W c])), W ~ N(0, 30^2) fixed.
     Encoder: 3x3 convolutions without padding (the first with stride 1, then stride 2) to
@@ -87,7 +89,7 @@ class SeedUNet(nn.Module):
     concatenation with the encoder's feature map of the same size (skip connection).
 
     Any input of at least 17x17 works (transposed convolutions are told the skip's size);
-    28x28 reproduces the seed's 28 -> 26 -> 12 -> 5 -> 2 ladder. The seed divides the output by
+    28x28 reproduces the tutorial's 28 -> 26 -> 12 -> 5 -> 2 ladder. The tutorial divides the output by
     the marginal std here; this class does not (see `ScoreModel(scale_by_std=True)`).
     """
 
@@ -110,7 +112,7 @@ class SeedUNet(nn.Module):
             nn.Conv2d(c3, c4, 3, stride=2, bias=False),
         ])
         self.dense = nn.ModuleList([nn.Linear(embed_dim, c) for c in (c1, c2, c3, c4, c3, c2, c1)])
-        # the seed's GroupNorm(4, 32) first, GroupNorm(32, .) after; fewer groups for narrow widths
+        # the tutorial's GroupNorm(4, 32) first, GroupNorm(32, .) after; fewer groups for narrow widths
         self.norm = nn.ModuleList([_gn(c1, 4), _gn(c2), _gn(c3), _gn(c4)])
         # decoder
         self.tconv = nn.ModuleList([
@@ -142,7 +144,7 @@ class SeedUNet(nn.Module):
         return self.tconv[3](h, output_size=x.shape[-2:])
 
 
-# --- configurable U-Net (seed 000 / DDPM) -------------------------------------------------
+# --- configurable U-Net (DDPM, Ho et al. 2020) --------------------------------------------
 class ResBlock(nn.Module):
     """GN -> SiLU -> conv -> FiLM(emb) -> GN -> SiLU -> dropout -> conv, plus a (1x1) shortcut.
 
@@ -185,7 +187,7 @@ class SelfAttention(nn.Module):
 
 
 class UNet(nn.Module):
-    """A configurable U-Net score network (after seed 000 and DDPM, Ho et al. 2020).
+    """A configurable U-Net score network (after DDPM, Ho et al. 2020).
 
     Levels l = 0..L-1 (L = len(channel_mults)) work at resolution H / 2^l with
     base_channels * channel_mults[l] channels and `num_res_blocks` ResBlocks each; self-attention
