@@ -13,6 +13,11 @@ shuffling and for the augmentation (random shifts of up to 2 pixels), Adam with 
 learning-rate decay. Inputs are images in [0, 1] of shape (N, 1, 28, 28).
 
 Rebuild the shipped weights with:  python -m scoregen.evaluation.classifier --dataset mnist
+
+Weights are saved as a scoregen checkpoint (`training/checkpoint.py`: atomic, tensors and plain
+data only, {"kind": "feature-classifier", "state_dict", "info"}) and loaded with
+`torch.load(weights_only=True)`. The shipped `scoregen/assets/*_classifier.pt` predate the
+checkpoint format ({"state_dict", "info"} without its marker) and are still read.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.images import load_mnist
-from ..util import atomic_write
+from ..training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = ["FeatureClassifier", "train_classifier", "save_classifier", "load_classifier", "classifier_path",
            "classifier_features", "classifier_predict", "accuracy", "CLASSIFIER_DATASETS"]
@@ -34,6 +39,8 @@ __all__ = ["FeatureClassifier", "train_classifier", "save_classifier", "load_cla
 #: data sets with a classifier; weights live in scoregen/assets/<name>_classifier.pt
 CLASSIFIER_DATASETS = ("mnist", "fashion-mnist")
 _ASSETS = Path(__file__).resolve().parents[1] / "assets"  # scoregen/assets (package data)
+#: the checkpoint's "kind" entry
+KIND = "feature-classifier"
 
 
 class FeatureClassifier(nn.Module):
@@ -148,13 +155,11 @@ def classifier_path(dataset: str) -> Path:
 
 
 def save_classifier(model: FeatureClassifier, path, info: dict | None = None) -> Path:
-    """Write {'state_dict': tensors, 'info': plain data} atomically (tmp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-               "info": dict(info or {})}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
-    return path
+    """Write {'kind', 'state_dict': tensors, 'info': plain data} as a scoregen checkpoint (atomic:
+    tmp file + rename; `training.checkpoint.save_checkpoint`)."""
+    state = {"kind": KIND, "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+             "info": dict(info or {})}
+    return save_checkpoint(path, state)
 
 
 def load_classifier(dataset: str = "mnist", path=None, device=None) -> FeatureClassifier:
@@ -163,14 +168,19 @@ def load_classifier(dataset: str = "mnist", path=None, device=None) -> FeatureCl
     if not path.is_file():
         raise FileNotFoundError(f"no classifier weights at {path}; build them with "
                                 f"`python -m scoregen.evaluation.classifier --dataset {dataset}` (a few minutes on a CPU)")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or "state_dict" not in blob:
-        raise ValueError(f"{path} is not a scoregen classifier file (no 'state_dict' entry)")
+    # the shipped assets predate the checkpoint format: accepted without its marker
+    blob = load_checkpoint(path, map_location="cpu", accept_unmarked=True)
+    if blob.get("kind", KIND) != KIND:
+        raise CheckpointError(f"{path} is a scoregen checkpoint but not a feature classifier (kind={blob['kind']!r})")
+    if not isinstance(blob.get("state_dict"), dict):
+        raise CheckpointError(f"{path} is not a scoregen classifier file (no 'state_dict' entry); rebuild it with "
+                              f"`python -m scoregen.evaluation.classifier`")
     model = FeatureClassifier()
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as e:
-        raise ValueError(f"{path} does not match the FeatureClassifier architecture: {e}") from None
+        detail = " ".join(str(e).split())[:200]  # torch's message spans lines: one line, shortened
+        raise CheckpointError(f"{path} does not match the FeatureClassifier architecture: {detail}") from None
     model.info = blob.get("info", {})
     return model.to(device or "cpu").eval()
 

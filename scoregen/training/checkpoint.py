@@ -6,6 +6,8 @@ the same folder, fsyncs it and renames it over the target (`os.replace` is atomi
 crash leaves the previous checkpoint intact. Loading uses `torch.load(weights_only=True)`, whose
 restricted unpickler refuses every global but tensors and containers, so opening a file never runs
 code from it; every failure becomes a `CheckpointError` (a ValueError) that names the file.
+Files written before the marker existed (the shipped classifier weights) are read with
+`load_checkpoint(path, accept_unmarked=True)`: the same safe loader, without the marker check.
 """
 from __future__ import annotations
 
@@ -72,8 +74,12 @@ def _load_failure(path: Path, e: Exception) -> str:
             f"[{type(e).__name__}{': ' + detail if detail else ''}]")
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Read a checkpoint written by `save_checkpoint` (a run folder means its checkpoint.pt)."""
+def load_checkpoint(path, map_location="cpu", *, accept_unmarked: bool = False) -> dict:
+    """Read a checkpoint written by `save_checkpoint` (a run folder means its checkpoint.pt).
+
+    accept_unmarked: also return a dict of tensors and plain data that carries no format marker (a
+    file written before the format existed), as it is; it is still read with `weights_only=True`.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
@@ -83,6 +89,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... by cause
         raise CheckpointError(_load_failure(path, e)) from None
+    if accept_unmarked and isinstance(state, dict) and "format" not in state:
+        return state
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a torch file but not a scoregen checkpoint "
                               f"(no format={FORMAT!r} marker)")
