@@ -75,6 +75,14 @@ def test_unknown_keys_name_the_key_and_list_valid_ones():
         load_config("mnits")
 
 
+def test_sde_names_are_checked_by_the_sde_registrys_rule():
+    from scoregen.process.sde import make_sde
+
+    for spelling in ("sub-vp", "Sub_VP", "sub vp", "SUBVP"):  # every spelling make_sde accepts
+        cfg = load_config("points", [f"sde.name={spelling}", "sde.beta_max=15"])
+        assert type(build_sde(cfg["sde"])) is type(make_sde("subvp"))
+
+
 def test_changing_a_selector_drops_the_old_options():
     cfg = load_config("mnist", ["sample.sampler=ode", "sample.rtol=1e-3"])
     assert "snr" not in cfg["sample"] and cfg["sample"]["rtol"] == 1e-3

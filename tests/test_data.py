@@ -111,6 +111,18 @@ def test_reference_sampler_and_mixture_for_files_and_unknown_names():
         reference_sampler("spirals")
 
 
+def test_names_follow_the_registries_one_rule():
+    from scoregen.data.points import point_dataset_key
+    from scoregen.runs.recipe import is_point_data
+
+    assert point_dataset_key("Swiss-Roll") == point_dataset_key("swiss_roll") == "swissroll"
+    assert point_dataset_key(" 8 Gaussians ") == "8gaussians" and point_dataset_key("my_points.csv") is None
+    np.testing.assert_array_equal(load_points("Swiss-Roll", n=50, seed=3), load_points("swissroll", n=50, seed=3))
+    np.testing.assert_array_equal(reference_sampler("SEED")(20, 1), reference_sampler("seed")(20, 1))
+    assert isinstance(dataset_mixture("Mixture"), GaussianMixture)
+    assert is_point_data("8-gaussians") and not is_point_data("fashion-mnist")
+
+
 # --- files --------------------------------------------------------------------------------------
 def test_npy_and_csv_files_load(tmp_path):
     x = np.random.default_rng(0).normal(size=(50, 3))

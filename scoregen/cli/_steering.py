@@ -17,7 +17,7 @@ import torch
 
 from ..data.images import IMAGE_DATASETS, parse_value_range, scale_images, unscale_images
 from ..runs.run import Run as LibraryRun
-from .common import show_progress  # noqa: F401 (the commands' progress bars)
+from .common import check_positive, show_progress  # noqa: F401 (show_progress: the commands' progress bars)
 
 
 def coordinate_label(i: int) -> str:
@@ -199,10 +199,7 @@ def write_outputs(out: Path, arrays: dict, summary: dict) -> None:
 
 
 def check_counts(args) -> None:
-    for name in ("n", "samples", "steps"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise ValueError(f"--{name} must be a positive integer, got {v}")
+    check_positive(n=args.n, samples=args.samples, steps=args.steps)
     if args.start < 0:
         raise ValueError(f"--start must be >= 0, got {args.start}")
     if args.threads:

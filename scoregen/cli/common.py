@@ -5,6 +5,8 @@ import sys
 
 import torch
 
+from ..util import check_positive_int
+
 
 def parse_device(name: str) -> torch.device:
     """'auto' (CUDA when present), 'cpu' or 'cuda[:i]', with an error naming a bad or unavailable device."""
@@ -61,8 +63,8 @@ def sampler_options(args, sampler) -> dict:
 def check_positive(**counts) -> None:
     """ValueError naming the first flag whose value is given but not a positive integer (None = unset)."""
     for name, v in counts.items():
-        if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+        if v is not None:
+            check_positive_int(v, f"--{name.replace('_', '-')}")
 
 
 # --- examples in --help -------------------------------------------------------------------------------

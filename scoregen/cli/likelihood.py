@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..likelihood import PROBES, SOLVERS
+from .common import check_positive
 
 HELP = ("exact log-likelihood (nats per example) of data under a trained run through the probability-flow ODE; "
         "for images also bits/dim")
@@ -97,9 +98,7 @@ def _options(args) -> dict:
     for name in ("rtol", "atol"):
         if not getattr(args, name) > 0:
             raise ValueError(f"--{name} must be > 0, got {getattr(args, name)}")
-    for name in ("batch_size", "repeats", "steps"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    check_positive(batch_size=args.batch_size, repeats=args.repeats, steps=args.steps)
     if args.hutchinson is not None and args.hutchinson < 1:
         raise ValueError(f"--hutchinson K needs K >= 1 probes, got {args.hutchinson}")
     divergence = "exact" if args.exact else ("hutchinson" if args.hutchinson else "auto")
@@ -119,9 +118,8 @@ def run(args) -> int:
     if args.data is None:
         args.data = run_data(load_run_config(run_dir), None, run_dir)
     options = _options(args)
-    if args.threads:
-        if args.threads < 0:
-            raise ValueError(f"--threads must be a positive integer, got {args.threads}")
+    if args.threads:  # 0: torch's default
+        check_positive(threads=args.threads)
         torch.set_num_threads(args.threads)
     device, dtype = parse_device(args.device), getattr(torch, args.dtype)
     model, sde, normalizer, meta = load_run(run_dir, device=device)

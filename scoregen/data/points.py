@@ -24,10 +24,12 @@ import numpy as np
 import torch
 
 from ..process.distributions import GaussianMixture, seed_dataset, seed_mixture
+from ..util import Registry
 
 __all__ = [
     "POINT_DATASETS",
     "PointDataset",
+    "point_dataset_key",
     "load_points",
     "check_points",
     "points_float64",
@@ -98,7 +100,8 @@ class PointDataset:
 
 
 _MIXTURE = PointDataset("the 3-component 2-D Gaussian mixture (seed_dataset: its fixed 300 points)", 300, _mixture)
-POINT_DATASETS: dict[str, PointDataset] = {
+#: named point data sets, looked up by the registries' one name rule (`util.normalize_name`)
+POINT_DATASETS: Registry[PointDataset] = Registry("point data set", {
     "seed": _MIXTURE,
     "mixture": _MIXTURE,
     "moons": PointDataset("two interleaved half circles", 2000, _toy(_moons)),
@@ -106,12 +109,21 @@ POINT_DATASETS: dict[str, PointDataset] = {
     "swissroll": PointDataset("2-D Swiss roll", 2000, _toy(_swissroll)),
     "checkerboard": PointDataset("uniform on a 4x4 checkerboard's black cells", 2000, _toy(_checkerboard)),
     "8gaussians": PointDataset("eight Gaussians on a circle", 2000, _toy(_eight_gaussians)),
-}
+})
 
 
 # --- loading and validation -----------------------------------------------------------------
 def _known() -> str:
     return ", ".join(sorted(POINT_DATASETS))
+
+
+def point_dataset_key(name) -> str | None:
+    """The registered name of the point data set `name` stands for (case, spaces, '-' and '_' ignored:
+    the registries' one rule), or None when it names none (e.g. a file)."""
+    try:
+        return POINT_DATASETS.key(os.fspath(name))
+    except ValueError:
+        return None
 
 
 def _is_file_name(name: str) -> bool:
@@ -188,8 +200,8 @@ def load_points(name_or_path, n: int | None = None, seed: int = 0) -> np.ndarray
     if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2):
         raise ValueError(f"n must be an integer >= 2, got {n!r}")
     name = os.fspath(name_or_path)
-    key = name.strip().lower()
-    if key in POINT_DATASETS:
+    key = point_dataset_key(name)
+    if key is not None:
         spec = POINT_DATASETS[key]
         if spec is _MIXTURE and n is None and seed == 0:
             return seed_dataset()
@@ -209,9 +221,9 @@ def reference_sampler(name) -> Callable[[int, int], np.ndarray] | None:
     Seeds are mapped into a stream of their own, so `reference_sampler(name)(n, s)` never repeats
     `load_points(name, n, seed=s)`. None for a user file (no distribution is known).
     """
-    key = os.fspath(name).strip().lower()
-    if key not in POINT_DATASETS:
-        if _is_file_name(key):
+    key = point_dataset_key(name)
+    if key is None:
+        if _is_file_name(os.fspath(name).strip().lower()):
             return None
         raise ValueError(f"unknown point data set {name!r}; known names: {_known()}; files must be .npy or .csv")
     draw = POINT_DATASETS[key].draw
@@ -225,8 +237,8 @@ def reference_sampler(name) -> Callable[[int, int], np.ndarray] | None:
 
 def dataset_mixture(name) -> GaussianMixture | None:
     """The exact GaussianMixture behind a named data set ("seed"/"mixture"), else None."""
-    key = os.fspath(name).strip().lower()
-    return seed_mixture() if POINT_DATASETS.get(key) is _MIXTURE else None
+    key = point_dataset_key(name)
+    return seed_mixture() if key is not None and POINT_DATASETS[key] is _MIXTURE else None
 
 
 # --- noise scales from the data -------------------------------------------------------------

@@ -225,8 +225,8 @@ def valid_keys(cfg: dict, section: str) -> list[str]:
     if section == "sde":
         from ..process.sde import SDE_NAMES
 
-        key = str(part.get("name", "")).lower().replace("-", "").replace("_", "")
-        return ["name"] + (_params(SDE_NAMES[key]) if key in SDE_NAMES else [])
+        key = _registry_key(SDE_NAMES, part.get("name", ""))
+        return ["name"] + (_params(SDE_NAMES[key]) if key is not None else [])
     if section == "loss":
         from ..training.losses import LOSS_OPTIONS as _OPTIONS  # the loss options make_loss accepts (some losses are lambdas)
 
@@ -242,6 +242,14 @@ def valid_keys(cfg: dict, section: str) -> list[str]:
     raise ValueError(f"unknown config section {section!r}; sections: {list(SECTIONS)}")
 
 
+def _registry_key(registry, name) -> str | None:
+    """The canonical name `name` stands for in a `util.Registry` (its one name rule), or None."""
+    try:
+        return registry.key(name)
+    except ValueError:
+        return None
+
+
 def validate_config(cfg: dict) -> None:
     """Raise ValueError naming the first unknown section, name or key (and listing valid ones)."""
     unknown = sorted(set(cfg) - set(SECTIONS))
@@ -255,7 +263,7 @@ def validate_config(cfg: dict) -> None:
     for section, key, what, names in (("model", "net", "network", NETS), ("sde", "name", "SDE", SDE_NAMES),
                                       ("loss", "name", "loss", LOSSES)):
         value = (cfg.get(section) or {}).get(key)
-        norm = str(value).lower().replace("-", "").replace("_", "") if section == "sde" else value
+        norm = _registry_key(names, value) if section == "sde" else value
         if key in (cfg.get(section) or {}) and norm not in names:
             raise ValueError(f"unknown {what} {value!r} in {section}.{key}; choose one of {sorted(names)}")
     if "sampler" in (cfg.get("sample") or {}):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.points import POINT_DATASETS, load_points, suggest_sigma_max, suggest_sigma_min
+from ..data.points import POINT_DATASETS, load_points, point_dataset_key, suggest_sigma_max, suggest_sigma_min
 from ..models.edm import model_class
 from ..models.nets import build_net
 from ..models.score import ScoreModel
@@ -27,6 +27,7 @@ from ..process.sde import make_sde
 from ..sampling.samplers import SampleResult
 from ..training.trainer import Normalizer, TrainConfig, Trainer
 from . import config as C
+from ..util import atomic_write
 from .run import CONFIG_NAME, Run, load_run_config
 
 __all__ = ["is_point_data", "absolute_data_name", "load_data", "build_sde", "build_model", "train_config",
@@ -35,7 +36,7 @@ __all__ = ["is_point_data", "absolute_data_name", "load_data", "build_sde", "bui
 
 def is_point_data(name) -> bool:
     name = os.fspath(name)
-    return name.strip().lower() in POINT_DATASETS or name.lower().endswith((".npy", ".csv"))
+    return point_dataset_key(name) is not None or name.lower().endswith((".npy", ".csv"))
 
 
 def absolute_data_name(name):
@@ -163,10 +164,7 @@ def train_config(cfg: dict, **changes) -> TrainConfig:
 
 
 def _write_config(run_dir: Path, cfg: dict):
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (CONFIG_NAME + ".tmp")
-    tmp.write_text(C.dump_config(cfg))
-    os.replace(tmp, run_dir / CONFIG_NAME)
+    atomic_write(run_dir / CONFIG_NAME, C.dump_config(cfg))
 
 
 #: what may change when a run resumes: the schedule and bookkeeping, never the model, data or loss
