@@ -84,6 +84,24 @@ def test_noise_ladder_levels():
     assert float(lad.sigmas[0]) == pytest.approx(20.0) and float(lad.sigmas[-1]) == pytest.approx(0.05)
 
 
+def test_noise_ladder_attributes_match_its_config():
+    lad = NoiseLadder(sigma_max=20.0, sigma_min=0.05, L=10)
+    cfg = lad.config()
+    assert (lad.sigma_max, lad.sigma_min) == (cfg["sigma_max"], cfg["sigma_min"]) == (20.0, 0.05)
+    assert (lad.sigma_1, lad.sigma_L) == (20.0, 0.05)
+    rebuilt = make_sde(**cfg)  # the config rebuilds the same process
+    assert (rebuilt.sigma_max, rebuilt.sigma_min, rebuilt.L) == (lad.sigma_max, lad.sigma_min, lad.L)
+    assert torch.equal(rebuilt.sigmas, lad.sigmas) and torch.equal(rebuilt.times, lad.times)
+    # the VE process underneath: std(times[-1]) = sigma_L exactly, with t in (0, 1]
+    assert lad.ve_sigma_min == pytest.approx(0.05e-2) and lad.ve_sigma_max == pytest.approx(math.hypot(20.0, 0.05e-2))
+    assert float(lad.noise_scale(torch.tensor(0.0))) == pytest.approx(lad.ve_sigma_min)
+    assert float(lad.std(lad.times[-1:])) == pytest.approx(0.05, rel=1e-9) and 0 < lad.eps < 1
+    ve = VESDE(sigma_min=0.01, sigma_max=50.0)
+    assert (ve.sigma_min, ve.sigma_max) == (ve.config()["sigma_min"], ve.config()["sigma_max"]) == (0.01, 50.0)
+    with pytest.raises(ValueError, match="NoiseLadder needs 0 < sigma_min < sigma_max"):
+        NoiseLadder(sigma_max=1.0, sigma_min=5.0)
+
+
 def test_make_sde_errors_name_the_bad_value():
     with pytest.raises(ValueError, match="bogus"):
         make_sde("bogus")

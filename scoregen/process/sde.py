@@ -173,15 +173,24 @@ class VESDE(SDE):
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0, eps: float = 1e-5):
         if not (0 < sigma_min < sigma_max):
             raise ValueError(f"VESDE needs 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-        self.sigma_min, self.sigma_max, self.T, self.eps = float(sigma_min), float(sigma_max), float(T), float(eps)
-        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+        # the process's constants; `sigma_min` / `sigma_max` read them (NoiseLadder reads its ladder's ends)
+        self._s0, self._s1, self.T, self.eps = float(sigma_min), float(sigma_max), float(T), float(eps)
+        self._log_ratio = math.log(self._s1 / self._s0)
+
+    @property
+    def sigma_min(self) -> float:
+        return self._s0
+
+    @property
+    def sigma_max(self) -> float:
+        return self._s1
 
     def noise_scale(self, t):
         """The geometric noise scale sigma_min (sigma_max / sigma_min)^(t / T) of Song et al. 2021, eq. 30.
 
         Not `sigma(t)`: that is, as for every process, std(t) / alpha(t) = sqrt(scale^2 - sigma_min^2),
         the noise level x(t) really carries (EDM's sigma)."""
-        return self.sigma_min * torch.exp(_as_time(t) / self.T * self._log_ratio)
+        return self._s0 * torch.exp(_as_time(t) / self.T * self._log_ratio)
 
     sigma_t = noise_scale  # the earlier name
 
@@ -196,14 +205,14 @@ class VESDE(SDE):
 
     def std(self, t):
         s = self.noise_scale(t)
-        return torch.sqrt(torch.clamp(s**2 - self.sigma_min**2, min=0.0))
+        return torch.sqrt(torch.clamp(s**2 - self._s0**2, min=0.0))
 
     def t_from_std(self, std):
         std = _as_time(std)
-        return self.T * torch.log(torch.sqrt(std**2 + self.sigma_min**2) / self.sigma_min) / self._log_ratio
+        return self.T * torch.log(torch.sqrt(std**2 + self._s0**2) / self._s0) / self._log_ratio
 
     def config(self):
-        return {"name": "ve", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "T": self.T, "eps": self.eps}
+        return {"name": "ve", "sigma_min": self._s0, "sigma_max": self._s1, "T": self.T, "eps": self.eps}
 
 
 class _LinearBeta(SDE):
@@ -291,6 +300,10 @@ class NoiseLadder(VESDE):
     process observed at L times: `times[i]` is the VE time whose marginal std is `sigmas[i]`,
     so a score model s(x, t) trained on the ladder is also a `score_fn` for every sampler.
     Training (`losses.ncsn_loss`) and annealed Langevin use only these L levels.
+
+    `sigma_max` and `sigma_min` are the ladder's ends sigma_1 and sigma_L, as in `config()`; the VE
+    process underneath runs from `ve_sigma_min` = sigma_L / 100 (so that std(times[-1]) is exactly
+    sigma_L with t in (0, 1]) to `ve_sigma_max` = sqrt(sigma_1^2 + ve_sigma_min^2).
     """
 
     name = "ladder"
@@ -298,6 +311,9 @@ class NoiseLadder(VESDE):
     def __init__(self, sigma_max: float = 50.0, sigma_min: float = 0.01, L: int = 10):
         if L < 2:
             raise ValueError(f"NoiseLadder needs at least L=2 levels, got L={L}")
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"NoiseLadder needs 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, "
+                             f"sigma_max={sigma_max}")
         # the VE std at t is sqrt(sigma(t)^2 - s0^2); choose s0 small so that std(times[-1]) is
         # exactly sigma_L and t stays in (0, 1].
         super().__init__(sigma_min=sigma_min * 1e-2, sigma_max=math.hypot(sigma_max, sigma_min * 1e-2))
@@ -306,6 +322,22 @@ class NoiseLadder(VESDE):
         self.sigmas = torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), L, dtype=torch.float64))
         self.times = self.t_from_std(self.sigmas)
         self.eps = float(self.times[-1])
+
+    @property
+    def sigma_min(self) -> float:
+        return self.sigma_L
+
+    @property
+    def sigma_max(self) -> float:
+        return self.sigma_1
+
+    @property
+    def ve_sigma_min(self) -> float:
+        return self._s0
+
+    @property
+    def ve_sigma_max(self) -> float:
+        return self._s1
 
     def config(self):
         return {"name": "ladder", "sigma_max": self.sigma_1, "sigma_min": self.sigma_L, "L": self.L}
