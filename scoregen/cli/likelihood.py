@@ -110,7 +110,7 @@ def _options(args) -> dict:
 def run(args) -> int:
     from ..data.images import load_images
     from ..runs.recipe import is_point_data, load_run_config, run_value_range
-    from ..training.trainer import load_run
+    from ..runs.run import load_run_parts
     from .common import parse_device, run_data, show_progress
 
     run_dir = Path(args.run_dir)
@@ -124,7 +124,7 @@ def run(args) -> int:
             raise ValueError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
     device, dtype = parse_device(args.device), getattr(torch, args.dtype)
-    model, sde, normalizer, meta = load_run(run_dir, device=device)
+    model, sde, normalizer, meta = load_run_parts(run_dir, device=device)
     model = model.to(dtype)
     score_fn = model.score_fn()
     gen = torch.Generator(device).manual_seed(args.seed)
