@@ -32,10 +32,14 @@ CI = os.environ.get("CI", "").lower() == "true"
 N_TRAIN = 1000
 
 
-def need(module: str, package: str | None = None):
+KDIFFUSION_INSTALL = ("pip install --no-deps k-diffusion==0.1.1.post1 torchsde==0.2.6 torchdiffeq==0.2.5 "
+                      "trampoline==0.1.2")
+
+
+def need(module: str, package: str | None = None, install: str = 'pip install "scoregen[interop]"'):
     """Import an optional package: skip naming it where absent, fail under CI=true (`.ci/run` installs it)."""
     if importlib.util.find_spec(module) is None:
-        msg = f"the optional package {package or module!r} is not installed (pip install \"scoregen[interop]\")"
+        msg = f"the optional package {package or module!r} is not installed ({install})"
         if CI:
             pytest.fail(msg + "; under CI=true it must be present")
         pytest.skip(msg)
@@ -244,10 +248,10 @@ def kdiff():
     loads where torchvision is absent. No k-diffusion code is copied."""
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None:
-        need("k_diffusion", "k-diffusion")
-    for mod, pkg in [("torchsde", "torchsde"), ("torchdiffeq", "torchdiffeq"), ("PIL", "pillow"),
-                     ("safetensors", "safetensors")]:
-        need(mod, pkg)
+        need("k_diffusion", "k-diffusion", KDIFFUSION_INSTALL)
+    for mod, pkg in [("torchsde", "torchsde"), ("torchdiffeq", "torchdiffeq"), ("trampoline", "trampoline"),
+                     ("PIL", "pillow"), ("safetensors", "safetensors")]:
+        need(mod, pkg, KDIFFUSION_INSTALL)
     root = Path(spec.submodule_search_locations[0])
     name = "_kdiffusion_for_tests"
     pkg = types.ModuleType(name)
