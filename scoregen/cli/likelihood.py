@@ -38,7 +38,7 @@ _LEVELS = {"digits": 17}
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a training run folder (holds checkpoint.pt)")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a training run folder (holds checkpoint.pt), an export or a diffusers folder")
     parser.add_argument("--data", default=None, metavar="FILE|NAME",
                         help="points: a data.POINT_DATASETS name or a .npy/.csv file; images: mnist, "
                              "fashion-mnist, digits or cifar10 (default: the run's data.name)")
