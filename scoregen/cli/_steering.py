@@ -61,7 +61,8 @@ class Run(LibraryRun):
             raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
         super().__init__(run_dir, device=device)
         self.cfg = self.config
-        self.points = is_point_data(self.cfg["data"]["name"])
+        name = (self.cfg.get("data") or {}).get("name")  # None for a diffusers folder (images)
+        self.points = name is not None and is_point_data(name)
 
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_model_units(x)

@@ -39,7 +39,7 @@ _LEVELS = {"digits": 17}
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a training run folder (holds checkpoint.pt)")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a training run folder (holds checkpoint.pt), an export or a diffusers folder")
     parser.add_argument("--data", default=None, metavar="FILE|NAME",
                         help="points: a data.POINT_DATASETS name or a .npy/.csv file; images: mnist, "
                              "fashion-mnist, digits or cifar10 (default: the run's data.name)")
@@ -109,7 +109,7 @@ def _options(args) -> dict:
 def run(args) -> int:
     from ..data.images import load_images
     from ..runs.recipe import is_point_data, load_run_config, run_value_range
-    from ..training.trainer import load_run
+    from ..runs.run import load_run_parts
     from .common import parse_device, run_data, show_progress
 
     run_dir = Path(args.run_dir)
@@ -122,7 +122,7 @@ def run(args) -> int:
         check_positive(threads=args.threads)
         torch.set_num_threads(args.threads)
     device, dtype = parse_device(args.device), getattr(torch, args.dtype)
-    model, sde, normalizer, meta = load_run(run_dir, device=device)
+    model, sde, normalizer, meta = load_run_parts(run_dir, device=device)
     model = model.to(dtype)
     score_fn = model.score_fn()
     gen = torch.Generator(device).manual_seed(args.seed)

@@ -25,7 +25,8 @@ def add_arguments(p):
 
     from .common import add_progress_flag, add_sampler_options
 
-    p.add_argument("run_dir", help="a run folder made by `scoregen train`")
+    p.add_argument("run_dir", help="a run folder made by `scoregen train`, an export (`scoregen export`) or a "
+                                   "diffusers folder (a saved pipeline, or unet/ + scheduler/)")
     p.add_argument("--n", type=int, default=None, help="number of samples (default: the run's sample.n)")
     p.add_argument("--out", default=None, help="output .npy (points) or .npz (images); default RUN_DIR/samples.*")
     p.add_argument("--sampler", default=None, help=f"one of {sampler_names()} (default: the run's configured one)")
@@ -57,7 +58,8 @@ def run(args):
                      return_trajectory=args.trajectory, label=args.label, guidance=args.guidance, **opts)
     seconds = time.perf_counter() - t0
     x = res.samples.numpy()
-    points = is_point_data(cfg["data"]["name"])
+    name = (cfg.get("data") or {}).get("name")  # None for a diffusers folder (images)
+    points = name is not None and is_point_data(name)
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else run_dir / ("samples.npy" if points else "samples.npz")
     out.parent.mkdir(parents=True, exist_ok=True)

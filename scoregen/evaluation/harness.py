@@ -79,9 +79,9 @@ def seconds_per_evaluation(run_dir, n: int, batch_size=None, device="cpu", repea
     """Measured seconds of one score evaluation of the run's model on a batch of n prior draws."""
     import torch
 
-    from ..training.trainer import load_run
+    from ..runs.run import load_run_parts
 
-    model, sde, _, meta = load_run(run_dir, device=device)
+    model, sde, _, meta = load_run_parts(run_dir, device=device)
     b = min(n, batch_size or n)
     x = sde.prior_sample((b,) + tuple(meta["data_shape"][1:]), device=device)
     t = torch.full((b,), float(sde.T), device=device)

@@ -17,32 +17,52 @@ import torch
 
 from ..data.images import parse_value_range
 from ..sampling.samplers import SampleResult, get_sampler
+from ..interop.folders import folder_config, open_folder
 from ..training.trainer import load_run
 from . import config as C
 
-__all__ = ["Run", "CONFIG_NAME", "load_run_config"]
+__all__ = ["Run", "CONFIG_NAME", "load_run_config", "load_run_parts"]
 
 CONFIG_NAME = "config.yaml"
 
 
 def load_run_config(run_dir) -> dict:
+    """RUN_DIR's config.yaml; for a scoregen export or a diffusers folder, the config `interop.folders`
+    gives it (without loading its weights)."""
     path = Path(run_dir) / CONFIG_NAME
     if not path.exists():
+        foreign = folder_config(run_dir)
+        if foreign is not None:
+            return foreign
         raise FileNotFoundError(f"{path} not found: {run_dir} is not a scoregen run folder "
                                 "(make one with `scoregen train --out RUN_DIR`)")
     return C.parse_value(path.read_text(), str(path))  # YAML read as config files are (1e-4 a float)
+
+
+def load_run_parts(run_dir, device="cpu"):
+    """(model, sde, normalizer, meta) of RUN_DIR, as `training.trainer.load_run` gives them for a run folder,
+    for an export or a diffusers folder as well."""
+    parts = open_folder(run_dir, device=device)
+    return parts[:4] if parts is not None else load_run(run_dir, device=device)
 
 
 class Run:
     """A loaded run: `config` (its config.yaml), `model` (EMA weights, eval mode), `sde`, `normalizer`,
     `meta` (step, train_config, loss_history, data_shape, run_dir), `shape` (one example's shape),
     `points` (point data rather than images), `value_range` (of the images' data units) and `device`.
+
+    A RUN_DIR may also be a scoregen export (`scoregen export`) or a diffusers folder (a saved pipeline or
+    unet/ + scheduler/): `interop.folders` loads those, and `meta["source"]` says which it was.
     """
 
     def __init__(self, run_dir, device="cpu"):
         self.dir = Path(run_dir)
-        self.config = load_run_config(self.dir)
-        self.model, self.sde, self.normalizer, self.meta = load_run(self.dir, device=device)
+        parts = open_folder(self.dir, device=device)
+        if parts is not None:
+            self.model, self.sde, self.normalizer, self.meta, self.config = parts
+        else:
+            self.config = load_run_config(self.dir)
+            self.model, self.sde, self.normalizer, self.meta = load_run(self.dir, device=device)
         self.device = device
         self.shape = tuple(self.meta["data_shape"][1:])
         self.points = len(self.shape) == 1
@@ -50,7 +70,7 @@ class Run:
 
     @classmethod
     def open(cls, run_dir, device="cpu") -> "Run":
-        """Load RUN_DIR's config.yaml and checkpoint.pt once."""
+        """Load RUN_DIR's config.yaml and checkpoint.pt once (or an export's or a diffusers folder's parts)."""
         return cls(run_dir, device=device)
 
     def __repr__(self) -> str:

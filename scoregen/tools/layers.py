@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("sampling and likelihood", ["sampling", "sampling.*", "likelihood"]),
     ("training", ["training", "training.*"]),
     ("steering", ["steering", "steering.*"]),
+    ("interop", ["interop", "interop.*"]),
     ("runs", ["runs", "runs.*"]),
     ("evaluation", ["evaluation", "evaluation.*"]),
     ("pictures", ["plots"]),
