@@ -30,7 +30,13 @@ from scoregen.process.sde import VPSDE
 
 
 def run(run_dir, config):
-    sums, draw = [], st.Trainer._batch
+    sums, draw, nosync = [], st.Trainer._batch, []
+    ddp_cls = torch.nn.parallel.DistributedDataParallel
+    plain_no_sync = ddp_cls.no_sync
+
+    def counting(self):
+        nosync.append(1)
+        return plain_no_sync(self)
 
     def recording(self):
         x0, draws, y = draw(self)
@@ -38,14 +44,18 @@ def run(run_dir, config):
         return x0, draws, y
 
     st.Trainer._batch = recording
+    ddp_cls.no_sync = counting
     try:
         torch.manual_seed(0)
         model = ScoreModel(build_net("mlp", dim=2, hidden=16, depth=1, emb_dim=8), VPSDE())
         st.train(model, seed_dataset(120), st.TrainConfig(**config), run_dir)
     finally:
         st.Trainer._batch = draw
+        ddp_cls.no_sync = plain_no_sync
     with open(os.path.join(run_dir, "shard%s.json" % os.environ.get("RANK", "single")), "w") as f:
         json.dump(sums, f)
+    with open(os.path.join(run_dir, "no_sync%s.json" % os.environ.get("RANK", "single")), "w") as f:
+        json.dump(len(nosync), f)
 
 
 if __name__ == "__main__":
@@ -59,10 +69,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(script, run_dir, nproc):
+def _torchrun(script, run_dir, nproc, config=CONFIG):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script), str(run_dir), json.dumps(CONFIG)]
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script), str(run_dir), json.dumps(config)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -95,3 +105,28 @@ def test_two_gloo_ranks_match_one_process_on_the_global_batch(tmp_path):
         assert a[2] + b[2] == pytest.approx(c[2], rel=1e-9, abs=1e-9)
     # rank 0 alone wrote the log
     assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == CONFIG["steps"]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_two_gloo_ranks_with_grad_accum_match_one_process_without(tmp_path):
+    """grad_accum=2 on two ranks: each rank's half split again in two, the first under no_sync();
+    the same weights as one process taking the whole batch at once."""
+    script = tmp_path / "run_train.py"
+    script.write_text(SCRIPT)
+    _torchrun(script, tmp_path / "ddp", 2, {**CONFIG, "grad_accum": 2})
+    namespace = {}
+    exec(compile(SCRIPT, str(script), "exec"), namespace)
+    threads = torch.get_num_threads()
+    try:
+        namespace["run"](str(tmp_path / "single"), CONFIG)
+    finally:
+        torch.set_num_threads(threads)
+    ddp, single = load_checkpoint(tmp_path / "ddp"), load_checkpoint(tmp_path / "single")
+    assert ddp["world_size"] == 2 and ddp["step"] == single["step"] == CONFIG["steps"]
+    for key in ("model", "ema"):
+        for name, p in single[key].items():
+            torch.testing.assert_close(ddp[key][name], p, rtol=1e-5, atol=1e-6, msg=f"{key}.{name}")
+    torch.testing.assert_close(ddp["loss_history"], single["loss_history"], rtol=1e-5, atol=1e-6)
+    for r in (0, 1):  # one no_sync() per step and rank: gradients all-reduced once per step
+        assert json.loads((tmp_path / "ddp" / f"no_sync{r}.json").read_text()) == CONFIG["steps"]

@@ -92,7 +92,8 @@ def preview_samples(trainer, n: int, *, sampler: str = "dpmpp2m", steps: int = 2
 def sample_callback(run_dir, **preview):
     """callback(trainer, step) for the Trainer: RUN_DIR/samples/step_XXXXXX.png, an image grid
     (in [0, 1] through the run's data.value_range) or, for points, a scatter over the data; and
-    RUN_DIR/loss.png brought up to date, so a run stopped early still has its loss curve."""
+    RUN_DIR/loss.png brought up to date, so a run stopped early still has its loss curve. With
+    train.tensorboard=true the picture also goes to RUN_DIR/tensorboard/ as the image "samples"."""
     from scoregen import plots
     from scoregen.data.images import unscale_images
     from scoregen.runs.recipe import run_value_range
@@ -111,6 +112,11 @@ def sample_callback(run_dir, **preview):
         else:  # train_run wrote config.yaml before the first step: the run's own value range
             plots.image_grid(unscale_images(x, run_value_range(run_dir)), path)
         plots.loss_curve(trainer.loss_history, run_dir / "loss.png")
+        if trainer.writer is not None:  # train.tensorboard=true: the same picture, as an image
+            import matplotlib.image
+
+            trainer.writer.add_image("samples", matplotlib.image.imread(path)[..., :3], step, dataformats="HWC")
+            trainer.writer.flush()
 
     return callback
 

@@ -28,6 +28,17 @@ Distributed: under `torchrun --nproc_per_node=K` (WORLD_SIZE > 1 in the environm
 entry point runs DistributedDataParallel (gloo on CPU, nccl on GPU). Every rank draws the same
 *global* batch and noise from the shared generator and keeps its 1/K shard, so K processes follow
 the same trajectory as one process on the whole batch; rank 0 alone writes checkpoints and logs.
+
+Gradient accumulation (`grad_accum` = K > 1): the step draws the same global batch and noise as
+with K = 1, splits this rank's shard into K equal micro-batches and backpropagates each one's mean
+loss divided by K, so the summed gradient is the gradient of the mean over the whole batch; then one
+clip, one Adam step, one EMA update. K = 1 and K > 1 follow the same trajectory up to the order of
+floating-point sums, with 1/K of the activations in memory. Under DDP all but the last
+micro-batch run under `no_sync()`, so gradients are all-reduced once per step.
+
+TensorBoard (`tensorboard` = True): each log record's loss, lr, grad_norm, examples_per_s and
+val_loss also go to RUN_DIR/tensorboard/ as scalars (needs `pip install tensorboard`);
+RUN_DIR/metrics.jsonl stays the record.
 """
 from __future__ import annotations
 
@@ -38,6 +49,7 @@ import math
 import os
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +71,12 @@ RUN_KIND = "scoregen-run"
 _HOLD_OUT_STREAM = 0x7A11  # seed offset of the held-out split, apart from the training generator's
 _VAL_STREAM = 0x7A12  # and of the held-out noise
 _VAL_EXAMPLES = 4096  # held-out examples x noise draws per measurement (repeats of a small held-out set)
+TENSORBOARD_DIR = "tensorboard"
+TENSORBOARD_TAGS = ("loss", "lr", "grad_norm", "examples_per_s", "val_loss")  # the log record's keys written as scalars
+
+
+class TensorBoardMissing(ImportError, ValueError):
+    """tensorboard=True without the tensorboard package."""
 
 
 @dataclass
@@ -69,7 +87,10 @@ class TrainConfig:
     switch clipping and averaging off; checkpoint_every = 0 saves only at the end; amp runs the
     forward pass and the loss under bf16 autocast on any device (parameters, gradients and Adam stay
     fp32; a CPU with AMX or AVX512-bf16 trains mnist-edm 1.5x faster); weight_decay is Adam's L2
-    penalty. validation is the held-out fraction of the examples (0: none), measured every
+    penalty. grad_accum = K splits each step's batch into K micro-batches (same data and noise, same
+    update up to float rounding, 1/K of the activation memory; batch_size must be divisible by K times
+    the number of processes). tensorboard also writes the logged scalars to RUN_DIR/tensorboard/.
+    validation is the held-out fraction of the examples (0: none), measured every
     validate_every steps; patience > 0 stops after that many measurements without a new best
     (see the module docstring). The learning rate warms up linearly over `warmup` steps, then stays at lr ("constant")
     or anneals to 0 at `steps` ("linear", "cosine") from step max(warmup, decay_start): a cool-down
@@ -78,6 +99,7 @@ class TrainConfig:
 
     steps: int = 2000
     batch_size: int = 256
+    grad_accum: int = 1
     lr: float = 2e-3
     betas: tuple = (0.9, 0.999)
     weight_decay: float = 0.0
@@ -94,6 +116,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     log_every: int = 100
     callback_every: int = 0
+    tensorboard: bool = False
     amp: bool = False
     validation: float = 0.0
     validate_every: int = 250
@@ -105,8 +128,8 @@ class TrainConfig:
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
         self.loss_options = dict(self.loss_options)
-        positive = ("batch_size", "log_every", "validate_every")
-        for name in ("steps", "batch_size", "warmup", "decay_start", "seed", "checkpoint_every", "log_every",
+        positive = ("batch_size", "grad_accum", "log_every", "validate_every")
+        for name in ("steps", "batch_size", "grad_accum", "warmup", "decay_start", "seed", "checkpoint_every", "log_every",
                      "callback_every", "validate_every", "patience"):
             v = getattr(self, name)
             if int(v) != v or v < (1 if name in positive else 0):
@@ -228,9 +251,20 @@ class Trainer:
             raise ValueError(f"Trainer needs a scoregen.models.ScoreModel, got {type(model).__name__}")
         self.config = cfg = config if config is not None else TrainConfig()
         self.rank, self.world, self.device, self._created_group = _dist_info(cfg.device)
-        if cfg.batch_size % self.world:
-            raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of processes ({self.world})")
+        if cfg.batch_size % (cfg.grad_accum * self.world):
+            raise ValueError(f"batch_size={cfg.batch_size} must be divisible by grad_accum x processes = "
+                             f"{cfg.grad_accum} x {self.world} = {cfg.grad_accum * self.world} (each process's "
+                             f"share of the batch is split into grad_accum equal micro-batches)")
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.writer = None  # the TensorBoard SummaryWriter, opened by fit() on rank 0
+        if cfg.tensorboard:
+            if self.run_dir is None:
+                raise ValueError("tensorboard=True writes into RUN_DIR/tensorboard/: give a run_dir")
+            try:
+                import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
+            except ImportError:
+                raise TensorBoardMissing("tensorboard=True needs the tensorboard package: pip install tensorboard "
+                                         "(or pip install \"scoregen[tensorboard]\")") from None
         self.callback = callback
         self.model_config = model.config()  # fails early if the net cannot be checkpointed
 
@@ -254,9 +288,10 @@ class Trainer:
         if resume and self.run_dir is not None and (self.run_dir / CHECKPOINT_NAME).exists():
             self.load_state_dict(load_checkpoint(self.run_dir / CHECKPOINT_NAME))
         self.forward_model = self.model
+        self._ddp = None
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self.forward_model = self._ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if cfg.compile:
             self.forward_model = torch.compile(self.forward_model)
 
@@ -370,10 +405,23 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.model.train()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-            loss = self.loss.per_example(self.forward_model, x0, draws, y).mean()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        k = cfg.grad_accum
+        if k == 1:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                loss = self.loss.per_example(self.forward_model, x0, draws, y).mean()
+            loss.backward()
+        else:  # K equal micro-batches, each's mean / K: the summed gradient is that of the whole mean
+            m, loss = x0.shape[0] // k, 0.0
+            for i in range(k):
+                sl = slice(i * m, (i + 1) * m)
+                sync = nullcontext() if self._ddp is None or i == k - 1 else self._ddp.no_sync()
+                with sync:
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                        part = self.loss.per_example(self.forward_model, x0[sl], {n: v[sl] for n, v in draws.items()},
+                                                     None if y is None else y[sl]).mean() / k
+                    part.backward()
+                loss = loss + part.detach()
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.optimizer.step()
@@ -410,6 +458,11 @@ class Trainer:
         if main and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._trim_metrics()
+            if cfg.tensorboard and self.writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+                # on resume, TensorBoard drops events a stopped run logged past the checkpoint
+                self.writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR),
+                                            purge_step=self.step + 1 if self.step else None)
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and main), desc="train",
                    dynamic_ncols=True)
         t0, s0 = time.perf_counter(), self.step
@@ -439,12 +492,20 @@ class Trainer:
                 self.callback(self, step)
         bar.close()
         self.save()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
         return self
 
     def _log(self, record: dict):
         if self.run_dir is not None:
             with open(self.run_dir / METRICS_NAME, "a") as f:
                 f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for tag in TENSORBOARD_TAGS:
+                if tag in record:
+                    self.writer.add_scalar(tag, record[tag], record["step"])
+            self.writer.flush()
 
     def _trim_metrics(self):
         """After a resume, drop log lines past the checkpoint (written by the run that stopped)."""
@@ -507,7 +568,10 @@ class Trainer:
         return self.ema.score_fn(y)
 
     def close(self):
-        """Leave the process group if this trainer joined it."""
+        """Close the TensorBoard writer if open; leave the process group if this trainer joined it."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
         if self._created_group and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
