@@ -440,3 +440,20 @@ def test_export_whose_config_does_not_match_names_the_tensor_or_key(exported, ca
     _rewrite_config(exported, lambda d: d.update(model_config={"net": {"name": "mlp", "kwargs": {"widht": 3}},
                                                               "sde": {"name": "vp"}}))
     _one_line_error(exported, "widht", capsys)
+
+
+@pytest.mark.parametrize("argv", [
+    ["inpaint", "--mask", "box"],
+    ["restore", "--operator", "superres", "--factor", "2"],
+    ["edit", "--t0", "0.5"],
+])
+def test_steering_commands_take_a_diffusers_folder(pipeline_dirs, tmp_path, capsys, argv):
+    """inpaint / restore / edit on a pipeline folder: 8x8 digits match the tiny UNet's shape."""
+    folder = pipeline_dirs["epsilon"]
+    out = tmp_path / argv[0]
+    code = main([argv[0], str(folder), "--input", "digits", "--n", "2", "--steps", "4", "--no-progress",
+                 "--out", str(out), *argv[1:]])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["command"] == argv[0] and summary["n"] == 2
+    assert (out / "panel.png").exists()

@@ -101,7 +101,10 @@ def run(args) -> int:
                           progress=S.show_progress(args))
     else:
         if args.method == "pigdm":
-            v = args.data_var or (1.0 if run.cfg["train"].get("normalize", True) else float(run.to_model(x).var()))
+            # standardised training data have variance 1; otherwise (e.g. a diffusers folder) measure it
+            trained = run.cfg.get("train") or {}
+            standardised = trained.get("normalize", True) if trained else False
+            v = args.data_var or (1.0 if standardised else float(run.to_model(x).var()))
             fn = inverse.pigdm_score(score, sde, op, ym, sym, data_var=v, jacobian=args.jacobian)
         elif args.method == "dps-score":
             fn = inverse.dps_score(score, sde, op, ym, sym)
