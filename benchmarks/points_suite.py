@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from scoregen.runs import config as C
-from scoregen.likelihood import log_likelihood
+from scoregen.evaluation.harness import points_nll
 from scoregen.evaluation.metrics import component_shares, energy_distance, noise_floor
 from scoregen.runs.recipe import sample_run, train_run
 from scoregen.data.suite import SUITE
@@ -44,14 +44,11 @@ REF_SEED, NLL_SEED = 10_000, 20_000
 
 
 def model_nll(run_dir, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """-log p_X(x) in nats under a run: log p_X = log p_Z(z) - D log s, z = (x - m) / s."""
+    """-log p_X(x) in nats under a run (evaluation.harness.points_nll: the normalizer's Jacobian included)."""
     model, sde, normalizer, _ = load_run(run_dir)
-    score_fn = model.score_fn()
-    xt = torch.as_tensor(x, dtype=torch.float32)
-    jac = -x.shape[1] * math.log(normalizer.scale)
-    out = [-(log_likelihood(score_fn, sde, normalizer(xt[i:i + batch_size])).logp.double() + jac)
-           for i in range(0, len(xt), batch_size)]
-    return torch.cat(out).numpy()
+    nll, _ = points_nll(model.score_fn(), sde, torch.as_tensor(x, dtype=torch.float32), normalizer,
+                        batch_size=batch_size)
+    return nll.double().numpy()
 
 
 class _Standardised:

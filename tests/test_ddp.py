@@ -77,12 +77,12 @@ def _torchrun(script, run_dir, nproc, config=CONFIG):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="torch.distributed with gloo is not available")
-def test_two_gloo_ranks_match_one_process_on_the_global_batch(tmp_path):
+def _ddp_matches_single(tmp_path, ddp_config):
+    """Train with two gloo ranks on ddp_config and in this process on CONFIG; assert the same
+    weights, EMA and losses; return both checkpoints."""
     script = tmp_path / "run_train.py"
     script.write_text(SCRIPT)
-    _torchrun(script, tmp_path / "ddp", 2)
+    _torchrun(script, tmp_path / "ddp", 2, ddp_config)
     namespace = {}
     exec(compile(SCRIPT, str(script), "exec"), namespace)
     threads = torch.get_num_threads()
@@ -96,6 +96,13 @@ def test_two_gloo_ranks_match_one_process_on_the_global_batch(tmp_path):
         for name, p in single[key].items():
             torch.testing.assert_close(ddp[key][name], p, rtol=1e-5, atol=1e-6, msg=f"{key}.{name}")
     torch.testing.assert_close(ddp["loss_history"], single["loss_history"], rtol=1e-5, atol=1e-6)
+    return ddp, single
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_two_gloo_ranks_match_one_process_on_the_global_batch(tmp_path):
+    _ddp_matches_single(tmp_path, CONFIG)
     # each rank drew its own half of the very batch the single process drew
     r0, r1, one = (json.loads((tmp_path / d / f"shard{r}.json").read_text())
                    for d, r in (("ddp", 0), ("ddp", 1), ("single", "single")))
@@ -112,21 +119,6 @@ def test_two_gloo_ranks_match_one_process_on_the_global_batch(tmp_path):
 def test_two_gloo_ranks_with_grad_accum_match_one_process_without(tmp_path):
     """grad_accum=2 on two ranks: each rank's half split again in two, the first under no_sync();
     the same weights as one process taking the whole batch at once."""
-    script = tmp_path / "run_train.py"
-    script.write_text(SCRIPT)
-    _torchrun(script, tmp_path / "ddp", 2, {**CONFIG, "grad_accum": 2})
-    namespace = {}
-    exec(compile(SCRIPT, str(script), "exec"), namespace)
-    threads = torch.get_num_threads()
-    try:
-        namespace["run"](str(tmp_path / "single"), CONFIG)
-    finally:
-        torch.set_num_threads(threads)
-    ddp, single = load_checkpoint(tmp_path / "ddp"), load_checkpoint(tmp_path / "single")
-    assert ddp["world_size"] == 2 and ddp["step"] == single["step"] == CONFIG["steps"]
-    for key in ("model", "ema"):
-        for name, p in single[key].items():
-            torch.testing.assert_close(ddp[key][name], p, rtol=1e-5, atol=1e-6, msg=f"{key}.{name}")
-    torch.testing.assert_close(ddp["loss_history"], single["loss_history"], rtol=1e-5, atol=1e-6)
+    _ddp_matches_single(tmp_path, {**CONFIG, "grad_accum": 2})
     for r in (0, 1):  # one no_sync() per step and rank: gradients all-reduced once per step
         assert json.loads((tmp_path / "ddp" / f"no_sync{r}.json").read_text()) == CONFIG["steps"]
