@@ -12,6 +12,7 @@ TINY_MLP = ["model.hidden=16", "model.depth=1", "model.emb_dim=8"]
 QUICK = {
     "train": ["--steps", "40", "--no-progress", *TINY_MLP],
     "demo": ["--steps", "40", "--n", "64", "--no-progress", *TINY_MLP],
+    "distill": ["--steps", "20", "--no-progress"],
     "sample": ["--n", "32"],
     "likelihood": ["--n", "8", "--rtol", "1e-3", "--atol", "1e-3", "--no-progress"],
     "compare": ["--n", "32", "--nfe", "4", "8"],

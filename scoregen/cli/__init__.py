@@ -14,7 +14,7 @@ import importlib
 import re
 import sys
 
-COMMANDS = ["demo", "train", "sample", "likelihood", "export", "compare", "evaluate", "inpaint", "restore", "edit"]
+COMMANDS = ["demo", "train", "distill", "sample", "likelihood", "export", "compare", "evaluate", "inpaint", "restore", "edit"]
 
 
 def _available():

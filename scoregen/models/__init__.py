@@ -5,3 +5,4 @@ and EDM's preconditioned denoiser (edm).
 """
 from .score import *  # noqa: F401,F403
 from .score import __all__  # noqa: F401
+from . import consistency as _consistency  # noqa: F401,E402  (registers parameterization "consistency")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..data.points import POINT_DATASETS, load_points, point_dataset_key, suggest_sigma_max, suggest_sigma_min
-from ..models.edm import model_class
+from ..models.edm import MODEL_CLASSES, estimate_sigma_data, model_class
 from ..models.nets import build_net
 from ..models.score import ScoreModel
 from ..process.sde import make_sde
@@ -31,7 +31,8 @@ from ..util import atomic_write
 from .run import CONFIG_NAME, Run, load_run_config
 
 __all__ = ["is_point_data", "absolute_data_name", "load_data", "build_sde", "build_model", "train_config",
-           "train_run", "resume_config", "run_value_range", "load_run_config", "sample_run", "CONFIG_NAME"]
+           "train_run", "resume_config", "run_value_range", "load_run_config", "sample_run", "CONFIG_NAME",
+           "consistency_recipe", "load_teacher", "consistency_objective"]
 
 
 def is_point_data(name) -> bool:
@@ -122,13 +123,13 @@ def build_model(model_cfg: dict, sde, data_shape) -> ScoreModel:
     kind = m.pop("parameterization", "score") or "score"
     sigma_data = m.pop("sigma_data", None)
     wrap = {k: m.pop(k) for k in ("cond", "scale_by_std", "scale_input") if k in m}
-    if kind not in ("score", "edm"):
-        raise ValueError(f"model.parameterization={kind!r} is unknown: choose 'score' or 'edm'")
-    if kind == "edm" and wrap:
-        raise ValueError(f"model.parameterization=edm sets the net's conditioning and scaling itself; "
+    if kind not in MODEL_CLASSES:
+        raise ValueError(f"model.parameterization={kind!r} is unknown: choose one of {sorted(MODEL_CLASSES)}")
+    if kind != "score" and wrap:
+        raise ValueError(f"model.parameterization={kind} sets the net's conditioning and scaling itself; "
                          f"remove model.{', model.'.join(sorted(wrap))}")
     if kind == "score" and sigma_data is not None:
-        raise ValueError("model.sigma_data applies only to model.parameterization=edm")
+        raise ValueError("model.sigma_data applies only to model.parameterization=edm or consistency")
     if net_name == "mlp":
         if len(data_shape) != 2:
             raise ValueError(f"the mlp network is for points (N, D); the data have shape {tuple(data_shape)}: "
@@ -137,7 +138,7 @@ def build_model(model_cfg: dict, sde, data_shape) -> ScoreModel:
             raise ValueError(f"model.dim={m['dim']} does not match the data dimension D={data_shape[1]}")
         m["dim"] = int(data_shape[1])
     net = build_net(net_name, **m)
-    options = {"sigma_data": 0.5 if sigma_data is None else sigma_data} if kind == "edm" else wrap
+    options = {"sigma_data": 0.5 if sigma_data is None else sigma_data} if kind != "score" else wrap
     return model_class(kind)(net, sde, **options)
 
 
@@ -218,24 +219,85 @@ def train_run(cfg: dict, run_dir, *, resume: bool = True, overrides=None, callba
         overrides = [f"data.name={absolute_data_name(o.split('=', 1)[1])}" if o.startswith("data.name=") else o
                      for o in overrides]
         cfg = resume_config(_with_absolute_data(load_run_config(run_dir)), overrides)
-    cfg = _with_absolute_data(cfg)  # a data file is recorded by its absolute path
+    cfg = consistency_recipe(_with_absolute_data(cfg))  # a data file is recorded by its absolute path
     x, labels = load_data(cfg["data"])
     tc = train_config(cfg, progress=progress)
-    normalizer = Normalizer.fit(x) if tc.normalize else Normalizer()
-    cfg = dict(cfg, sde=dict(cfg["sde"]))
+    teacher = load_teacher(cfg)
+    normalizer = teacher[2] if teacher else Normalizer.fit(x) if tc.normalize else Normalizer()
+    cfg = dict(cfg, sde=dict(cfg["sde"]), model=dict(cfg["model"]))
     sde = build_sde(cfg["sde"], normalizer(x))
     cfg["sde"] = sde.config()  # record the resolved values (sigma_max: auto -> a number)
+    if cfg["model"].get("parameterization") == "consistency" and cfg["model"].get("sigma_data", "auto") == "auto":
+        cfg["model"]["sigma_data"] = round(estimate_sigma_data(normalizer(x)), 4)  # the data's std, in model units
     torch.manual_seed(tc.seed)  # the net's initial weights and fixed Fourier features come from the global RNG
     model = build_model(cfg["model"], sde, tuple(x.shape))
+    loss = consistency_objective(cfg, model, teacher) if cfg["loss"].get("name") == "consistency" else None
     use_labels = labels if getattr(model.net, "n_classes", 0) else None
     trainer = Trainer(model, x, tc, run_dir, labels=use_labels, normalizer=normalizer, callback=callback,
-                      resume=resume)
+                      resume=resume, loss=loss)
     _write_config(run_dir, cfg)
     try:
         trainer.fit()
     finally:
         trainer.close()
     return trainer
+
+
+# --- consistency models (training.consistency): from data, or distilled / tuned from a teacher run ---------
+def consistency_recipe(cfg: dict) -> dict:
+    """`loss.name: consistency` trains a consistency model: model.parameterization becomes consistency
+    (sigma_data measured unless given) and the run samples with `consistency` in 2 steps, unless the
+    config says otherwise."""
+    if (cfg.get("loss") or {}).get("name") != "consistency":
+        return cfg
+    model = dict(cfg.get("model") or {})
+    if model.get("parameterization", "score") == "score":
+        for key in ("cond", "scale_by_std", "scale_input"):
+            model.pop(key, None)
+        model.update(parameterization="consistency", sigma_data=model.get("sigma_data", "auto"))
+    elif model["parameterization"] != "consistency":
+        raise ValueError(f"loss.name=consistency trains a consistency model, but model.parameterization="
+                         f"{model['parameterization']!r}; set model.parameterization=consistency")
+    sample = dict(cfg.get("sample") or {})
+    if sample.get("sampler") != "consistency":
+        sample = {**{k: v for k, v in sample.items() if k in C.SAMPLE_KEYS}, "sampler": "consistency", "steps": 2}
+    return dict(cfg, model=model, sample=sample)
+
+
+def load_teacher(cfg: dict):
+    """(model, sde, normalizer, meta) of `loss.teacher` (a run, export or diffusers folder), or None."""
+    path = (cfg.get("loss") or {}).get("teacher")
+    if path is None:
+        return None
+    from .run import load_run_parts
+
+    try:
+        parts = load_run_parts(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"loss.teacher={path!r} is not a score model to distill: {e}") from None
+    if getattr(parts[0], "parameterization", None) == "consistency":
+        raise ValueError(f"loss.teacher={path!r} is a consistency model; distill a score model (a trained run)")
+    return parts
+
+
+def consistency_objective(cfg: dict, model, teacher=None):
+    """The consistency loss of cfg["loss"] (sigma_data: the model's), with the teacher run's score function
+    if there is one (`load_teacher`); the student starts
+    from the teacher's weights when the two networks are the same and the teacher is EDM-preconditioned
+    (the consistency preconditioning agrees with EDM's for sigma >> sigma_min)."""
+    from ..training.losses import make_loss
+
+    options = {k: v for k, v in cfg["loss"].items() if k not in ("name", "teacher")}
+    options.setdefault("sigma_data", model.sigma_data)
+    if teacher is None:
+        return make_loss("consistency", model.sde, **options)
+    t_model, t_sde = teacher[0], teacher[1]
+    if t_sde.config() != model.sde.config():
+        raise ValueError(f"the teacher's SDE {t_sde.config()} differs from the student's {model.sde.config()}; "
+                         "leave the sde section as `scoregen distill` wrote it")
+    if getattr(t_model, "parameterization", None) == "edm" and t_model.config()["net"] == model.config()["net"]:
+        model.net.load_state_dict(t_model.net.state_dict())
+    return make_loss("consistency", model.sde, teacher=t_model.score_fn(), **options)
 
 
 def sample_run(run_dir, n: int | None = None, sampler: str | None = None, *, steps: int | None = None,

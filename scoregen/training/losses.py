@@ -78,6 +78,20 @@ class Loss:
     def __call__(self, model, x0: torch.Tensor, *, y=None, generator=None) -> torch.Tensor:
         return self.per_example(model, x0, self.draw(x0, generator), y).mean()
 
+    # hooks for objectives with a schedule or state of their own (training.consistency); no-ops here
+    def begin_step(self, step: int, total: int) -> None:
+        """Called by the trainer before step `step` (0-based) of `total` draws its batch."""
+
+    def end_step(self, model) -> None:
+        """Called by the trainer after the optimizer step."""
+
+    def state_dict(self) -> dict:
+        """Tensors and numbers the objective needs on resume (plain data; {} for none)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`'s output."""
+
 
 class DSMLoss(Loss):
     """Single-noise-level denoising score matching (Vincent 2011), weighted by sigma^2:

@@ -246,7 +246,8 @@ class Trainer:
     """
 
     def __init__(self, model: ScoreModel, data, config: TrainConfig | None = None, run_dir=None, *,
-                 labels=None, normalizer: Normalizer | None = None, callback=None, resume: bool = True):
+                 labels=None, normalizer: Normalizer | None = None, callback=None, resume: bool = True,
+                 loss=None):
         if not isinstance(model, ScoreModel):
             raise ValueError(f"Trainer needs a scoregen.models.ScoreModel, got {type(model).__name__}")
         self.config = cfg = config if config is not None else TrainConfig()
@@ -279,7 +280,8 @@ class Trainer:
 
         self.model = model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.loss = make_loss(cfg.loss, model.sde, **cfg.loss_options)
+        # an objective built by the caller (one holding a teacher score function) or from the config
+        self.loss = loss if loss is not None else make_loss(cfg.loss, model.sde, **cfg.loss_options)
         self.optimizer = _adam(self.model.parameters(), cfg)
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
         self.step, self.loss_history, self._pending = 0, [], []
@@ -401,6 +403,7 @@ class Trainer:
 
     def train_step(self) -> torch.Tensor:
         cfg = self.config
+        self.loss.begin_step(self.step, cfg.steps)
         x0, draws, y = self._batch()
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
@@ -425,6 +428,7 @@ class Trainer:
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.optimizer.step()
+        self.loss.end_step(self.model)
         self._update_ema()
         self.step += 1
         loss = loss.detach()
@@ -534,6 +538,7 @@ class Trainer:
             "data_shape": self.data_shape,
             "world_size": self.world,
             "best": dict(self.best),
+            "loss_state": self.loss.state_dict(),
         }
 
     def load_state_dict(self, state: dict):
@@ -556,6 +561,7 @@ class Trainer:
         self.normalizer = Normalizer.from_state_dict(state["normalizer"])
         if "best" in state:
             self.best = dict(state["best"])
+        self.loss.load_state_dict(state.get("loss_state") or {})
 
     def save(self):
         """Write RUN_DIR/checkpoint.pt atomically (rank 0 only; no-op without a run_dir)."""
@@ -579,10 +585,10 @@ class Trainer:
 
 
 def train(model: ScoreModel, data, config: TrainConfig | None = None, run_dir=None, *, labels=None,
-          normalizer: Normalizer | None = None, callback=None, resume: bool = True) -> Trainer:
+          normalizer: Normalizer | None = None, callback=None, resume: bool = True, loss=None) -> Trainer:
     """Train `model` on `data` to config.steps (see `Trainer`); returns the finished Trainer."""
     trainer = Trainer(model, data, config, run_dir, labels=labels, normalizer=normalizer,
-                      callback=callback, resume=resume)
+                      callback=callback, resume=resume, loss=loss)
     try:
         trainer.fit()
     finally:
