@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import require_shared_data
 from scoregen.cli import main
+from scoregen.evaluation.image_metrics import evaluate_images
 from scoregen.interop.adapters import (DenoiserScoreModel, KDiffusionDenoiser, PredictionScoreModel,
                                        score_from_prediction, ve_for_sigmas)
 from scoregen.likelihood import log_likelihood
@@ -92,10 +94,10 @@ def test_predictions_give_the_same_score():
 
 
 # --- diffusers ---------------------------------------------------------------------------------------
-def tiny_unet(seed=0):
+def tiny_unet(seed=0, size=8):
     diffusers = need("diffusers")
     torch.manual_seed(seed)
-    return diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+    return diffusers.UNet2DModel(sample_size=size, in_channels=1, out_channels=1, block_out_channels=(8, 16),
                                  layers_per_block=1, norm_num_groups=8,
                                  down_block_types=("DownBlock2D", "DownBlock2D"),
                                  up_block_types=("UpBlock2D", "UpBlock2D")).eval()
@@ -237,6 +239,80 @@ def test_not_a_diffusers_folder_is_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"unet/config.json.*\['transformer'\]") as e:
         Run.open(tmp_path)
     assert "\n" not in str(e.value)
+
+
+# --- compare / evaluate on a diffusers folder: classifier FID/KID need 1x28x28 images -------------------
+@pytest.fixture(scope="module")
+def mnist_pipeline(tmp_path_factory):
+    """A saved DDPMPipeline of a random 1x28x28 UNet2DModel (two blocks of 8 and 16 channels, no attention)."""
+    diffusers = need("diffusers")
+    folder = tmp_path_factory.mktemp("pipe-28")
+    diffusers.DDPMPipeline(unet=tiny_unet(size=28), scheduler=diffusers.DDPMScheduler(num_train_timesteps=N_TRAIN)
+                           ).save_pretrained(folder)
+    return folder
+
+
+def _one_line_exit(argv, capsys) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_evaluate_and_compare_take_a_diffusers_folder(mnist_pipeline, tmp_path, capsys):
+    """With --data mnist both commands score the folder's samples; the same 8 DDIM samples (seed 0, 2 steps)
+    give the same FID in `compare`'s table as in `evaluate`'s report and through the library."""
+    require_shared_data("mnist")
+    folder = mnist_pipeline
+    report = tmp_path / "e.json"
+    code = main(["evaluate", str(folder), "--data", "mnist", "--sampler", "ddim", "--steps", "2", "--n", "8",
+                 "--kid-subsets", "2", "--out", str(report)])
+    assert code == 0, capsys.readouterr().err
+    assert "a model not trained here" in capsys.readouterr().out  # in words, not "step None"
+    r = json.loads(report.read_text())
+    assert {"run_dir", "source", "sampler", "steps", "nfe", "train_step", "dataset", "n", "n_ref", "fid", "fid_floor",
+            "fid_ratio", "kid", "kid_std", "kid_floor", "class_fractions", "class_max_dev_points"} <= set(r)
+    assert (r["dataset"], r["n"], r["sampler"], r["nfe"], r["train_step"]) == ("mnist", 8, "ddim", 2, None)
+    assert report.with_suffix(".png").is_file()
+    x = Run.open(folder).sample(8, "ddim", steps=2, seed=0).samples  # in [-1, 1]
+    direct = evaluate_images(x, "mnist", value_range=(-1, 1), kid_subsets=2)
+    assert r["fid"] == pytest.approx(direct["fid"], rel=1e-6) and r["fid"] > r["fid_floor"] > 0
+
+    out = tmp_path / "cmp"
+    code = main(["compare", str(folder), "--data", "mnist", "--samplers", "ddim", "--nfe", "2", "--n", "8",
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    c = json.loads((out / "compare.json").read_text())
+    assert {"run_dir", "data", "kind", "metric", "n", "budgets", "floor", "table", "summary"} <= set(c)
+    assert (c["data"], c["kind"], c["metric"], c["n"], c["budgets"]) == ("mnist", "images", "fid", 8, [2])
+    (cell,) = c["table"]["ddim"]
+    assert (cell["nfe"], cell["steps"]) == (2, 2) and cell["value"] == pytest.approx(r["fid"], rel=1e-6)
+    assert c["floor"]["mean"] == pytest.approx(r["fid_floor"], rel=1e-9)
+    assert (out / "compare.png").stat().st_size > 0
+
+
+def test_evaluate_and_compare_on_a_diffusers_folder_need_the_data_named(mnist_pipeline, capsys):
+    for command in ("evaluate", "compare"):
+        err = _one_line_exit([command, str(mnist_pipeline), "--n", "8"], capsys)
+        assert "diffusers folder names no data set" in err and "--data" in err, err
+        err = _one_line_exit([command, str(mnist_pipeline), "--data", "digits", "--n", "8"], capsys)
+        assert "'digits'" in err and "no classifier" in err and "mnist" in err, err
+    assert "['mnist', 'fashion-mnist']" in _one_line_exit(["evaluate", str(mnist_pipeline)], capsys)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "compare"])
+def test_evaluate_and_compare_refuse_other_image_shapes_and_bad_folders(pipeline_dirs, tmp_path, capsys, command):
+    """8x8 images have no MNIST classifier: refused before any sampling; a folder that is not a readable
+    diffusers folder is named in one line, with or without --data."""
+    err = _one_line_exit([command, str(pipeline_dirs["epsilon"]), "--data", "mnist", "--n", "8"], capsys)
+    assert "1x8x8 images" in err and "1x28x28" in err, err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model_index.json").write_text(json.dumps({"_class_name": "X", "transformer": ["a", "b"]}))
+    for extra in (["--data", "mnist"], []):
+        err = _one_line_exit([command, str(bad), *extra], capsys)
+        assert "unet/config.json" in err and "['transformer']" in err, err
 
 
 # --- k-diffusion --------------------------------------------------------------------------------------

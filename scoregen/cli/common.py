@@ -86,7 +86,9 @@ def run_data(cfg: dict, given, run_dir) -> str:
         return str(given)
     name = (cfg.get("data") or {}).get("name")
     if name is None:
-        raise ValueError(f"{run_dir}/config.yaml names no data set; pass --data NAME_OR_FILE")
+        where = ("the diffusers folder" if (cfg.get("source") or {}).get("kind") == "diffusers"
+                 else "its config.yaml (data.name)")
+        raise ValueError(f"{run_dir}: {where} names no data set; pass --data NAME_OR_FILE")
     name = str(name)
     if is_point_data(name) and name.lower().endswith((".npy", ".csv")) and not Path(name).expanduser().is_file():
         raise FileNotFoundError(f"the run's data file {name!r} (data.name in {run_dir}/config.yaml) is not found "

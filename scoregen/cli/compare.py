@@ -14,6 +14,9 @@ The summary gives the best value at the largest budget (and the best in the whol
 sampler, the smallest NFE within 10% of the former and the smallest NFE at the floor (mean + 2 std),
 the two yardsticks of issue 5. Before sampling, the command prints an estimate of its running time
 from the total NFE and the measured cost of one score evaluation.
+
+RUN_DIR may also be a scoregen export or a diffusers folder (`runs.Run` opens all three); a diffusers
+folder names no data set, so --data gives the reference (for FID: mnist or fashion-mnist, 1x28x28 images).
 """
 from __future__ import annotations
 
@@ -36,13 +39,15 @@ EXAMPLES = [
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a training run folder (config.yaml + checkpoint.pt)")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a training run folder (config.yaml + checkpoint.pt), "
+                        "an export or a diffusers folder")
     parser.add_argument("--samplers", nargs="+", default=DEFAULT_SAMPLERS, metavar="NAME",
                         help=f"samplers with a fixed cost per step (default: {' '.join(DEFAULT_SAMPLERS)})")
     parser.add_argument("--nfe", nargs="+", type=int, default=None, metavar="B",
                         help=f"NFE budgets (default points: {DEFAULT_NFE['points']}, images: {DEFAULT_NFE['images']})")
     parser.add_argument("--n", type=int, default=None, help="samples per cell (default points 2000, images 1000)")
-    parser.add_argument("--data", default=None, help="reference data (default: the run's data.name)")
+    parser.add_argument("--data", default=None, help="reference data (default: the run's data.name; a diffusers "
+                        "folder has none: --data mnist)")
     parser.add_argument("--data-dir", default=None, help="images: folder holding the data files")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prior draws and the reference sample")
     parser.add_argument("--batch-size", type=int, default=None, help="samples per sampler call (default: all)")
@@ -54,8 +59,9 @@ def add_arguments(parser) -> None:
 
 
 # --- quality measures and the table: in the library (scoregen.evaluation), re-exported here ----------
-from ..evaluation.harness import (WITHIN, cells, compare_summary as summarize, image_evaluator,  # noqa: E402,F401
-                          measure, point_evaluator, seconds_per_evaluation)
+from ..evaluation.harness import (WITHIN, cells, check_image_run, check_image_shape,  # noqa: E402,F401
+                                  compare_summary as summarize, image_evaluator, measure, point_evaluator,
+                                  seconds_per_evaluation)
 
 
 def summary_lines(summary: dict, metric: str, floor: dict | None) -> list[str]:
@@ -103,6 +109,7 @@ def plot(table: dict, metric: str, floor: dict | None, path: Path, title: str) -
 
 def run(args) -> int:
     from ..runs.recipe import is_point_data, load_run_config
+    from ..runs.run import Run
     from .common import check_positive, parse_device, run_data, sampler_options
 
     run_dir = Path(args.run_dir)
@@ -111,6 +118,8 @@ def run(args) -> int:
     cfg = load_run_config(run_dir)
     data = run_data(cfg, args.data, run_dir)
     kind = "points" if is_point_data(data) else "images"
+    if kind == "images":  # FID needs a classifier for the data set: refused before any sampling
+        check_image_run(run_dir, args.data)
     budgets = sorted(set(args.nfe or DEFAULT_NFE[kind]))
     if any(b < 1 for b in budgets):
         raise ValueError(f"--nfe budgets must be positive integers, got {budgets}")
@@ -120,9 +129,11 @@ def run(args) -> int:
         raise ValueError(f"--n must be at least 2, got {n}")
     options = sampler_options(args, args.samplers)
     plan = cells(args.samplers, budgets, options)
-    device = parse_device(args.device)
+    run = Run.open(run_dir, device=parse_device(args.device))  # loaded once for the timing and every cell
+    if kind == "images":
+        check_image_shape(run.shape, data, run_dir)
     total = sum(b for rows in plan.values() for b, _ in rows)
-    per_eval = seconds_per_evaluation(run_dir, n, args.batch_size, device)
+    per_eval = seconds_per_evaluation(run, n, args.batch_size)
     print(f"scoregen compare {run_dir}: {sum(map(len, plan.values()))} cells ({len(plan)} samplers x budgets "
           f"{budgets}), {total} score evaluations of n={n} in all: about {_duration(total * per_eval)} of sampling "
           f"({1000 * per_eval:.3g} ms per evaluation), plus the {'energy distances' if kind == 'points' else 'FIDs'}")
@@ -133,8 +144,8 @@ def run(args) -> int:
         metric, evaluate, floor = image_evaluator(data, run_dir, data_dir, args.seed)
     print(f"{metric} of n={n} samples of {data!r} against NFE")
     t0 = time.perf_counter()
-    table = measure(run_dir, args.samplers, budgets, n, evaluate, seed=args.seed, batch_size=args.batch_size,
-                    device=device, options=options)
+    table = measure(run, args.samplers, budgets, n, evaluate, seed=args.seed, batch_size=args.batch_size,
+                    options=options)
     result = {"run_dir": str(run_dir), "data": str(data), "kind": kind, "metric": metric, "n": n,
               "budgets": budgets, "options": options, "floor": floor or None, "table": table,
               "summary": summarize(table, floor or None)}

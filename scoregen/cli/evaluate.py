@@ -11,6 +11,10 @@ test images, beside the floor: the same statistic between those test images and 
 Both carry the same finite-n bias, so the ratio FID / floor is what is comparable across N. The
 class histogram is the classifier's predictions on the samples; its largest deviation from the
 uniform 10% is reported in percentage points. Point runs have their own measure: `scoregen compare`.
+
+RUN_DIR may also be a scoregen export or a diffusers folder of 1x28x28 images (`runs.Run` opens all
+three); a diffusers folder names no data set, so `--data mnist` (or fashion-mnist) says which
+classifier and test split to use.
 """
 from __future__ import annotations
 
@@ -36,7 +40,10 @@ EXAMPLES = [
 def add_arguments(p) -> None:
     from ..sampling.samplers import sampler_names
 
-    p.add_argument("run_dir", metavar="RUN_DIR", help="an image run folder made by `scoregen train`")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="an image run folder made by `scoregen train` (or an export "
+                   "or a diffusers folder of 1x28x28 images)")
+    p.add_argument("--data", default=None, metavar="NAME", help="the data set whose classifier and test split score "
+                   "the samples: mnist or fashion-mnist (default: the run's data.name; a diffusers folder has none)")
     p.add_argument("--sampler", default=None, help=f"one of {sampler_names()} (default: the run's configured one)")
     p.add_argument("--steps", type=int, default=None, help="solver steps (default: the run's configured ones)")
     p.add_argument("--n", type=int, default=None, help="number of samples to draw (default 1000)")
@@ -55,7 +62,7 @@ def add_arguments(p) -> None:
     add_sampler_options(p, "churn=40 for heun, snr=0.1 for pc")
 
 
-from ..evaluation.harness import check_image_run as check_run  # noqa: E402,F401  (in the library, re-exported here)
+from ..evaluation.harness import check_image_run as check_run, check_image_shape  # noqa: E402,F401  (in the library)
 
 
 def read_samples(path) -> torch.Tensor:
@@ -73,13 +80,10 @@ def read_samples(path) -> torch.Tensor:
         raise ValueError(f"cannot read {path} as an .npz file: {e}") from None
 
 
-def draw_samples(run_dir: Path, cfg: dict, args) -> tuple[torch.Tensor, dict]:
-    """(images in [0, 1], {"sampler", "steps", "nfe", "seconds", "train_step"}) drawn from the run."""
+def draw_samples(run, cfg: dict, args) -> tuple[torch.Tensor, dict]:
+    """(images in [0, 1], {"sampler", "steps", "nfe", "seconds", "train_step"}) drawn from an open `runs.Run`
+    (train_step None for a diffusers folder)."""
     from ..data.images import unscale_images
-    from ..runs.recipe import run_value_range, sample_run
-    from ..training.checkpoint import load_checkpoint
-    from .common import parse_device
-
     from .common import check_positive, chosen_sampler, sampler_options
 
     n = args.n if args.n is not None else 1000
@@ -89,21 +93,21 @@ def draw_samples(run_dir: Path, cfg: dict, args) -> tuple[torch.Tensor, dict]:
     sc = cfg.get("sample") or {}
     opts = sampler_options(args, chosen_sampler(cfg, args.sampler))
     t0 = time.perf_counter()
-    res = sample_run(run_dir, n, args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-                     device=parse_device(args.device), **opts)
+    res = run.sample(n, args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch_size, **opts)
     seconds = time.perf_counter() - t0
     steps = args.steps if args.steps is not None else (sc.get("steps") if args.sampler is None else None)
+    step = run.meta.get("step")
     info = {"sampler": args.sampler or sc.get("sampler", "pc"), "steps": steps, "nfe": int(res.nfe),
-            "options": opts, "seconds": round(seconds, 2), "train_step": int(load_checkpoint(run_dir)["step"])}
+            "options": opts, "seconds": round(seconds, 2), "train_step": None if step is None else int(step)}
     if not torch.isfinite(res.samples).all():
         raise ValueError(f"the {info['sampler']} sampler diverged (non-finite samples); try more --steps "
                          "or another --sampler")
-    return unscale_images(res.samples, run_value_range(run_dir)), info
+    return unscale_images(res.samples, run.value_range), info
 
 
 def summary_lines(r: dict) -> list[str]:
-    how = (f"{r['sampler']} ({r['nfe']} NFE, step {r['train_step']})" if r["source"] == "sampler"
-           else r["source"])
+    trained = f"step {r['train_step']}" if r.get("train_step") is not None else "a model not trained here"
+    how = f"{r['sampler']} ({r['nfe']} NFE, {trained})" if r["source"] == "sampler" else r["source"]
     return [f"{r['dataset']}: n={r['n']} samples from {how}, reference {r['n_ref']} test images",
             f"  FID {r['fid']:.4g}   floor (test vs train) {r['fid_floor']:.4g}   ratio {r['fid_ratio']:.3g}",
             f"  KID {r['kid']:.4g} +- {r['kid_std']:.2g}   floor {r['kid_floor']:.4g} +- {r['kid_floor_std']:.2g}",
@@ -118,7 +122,7 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     run_dir = Path(args.run_dir)
-    cfg, name = check_run(run_dir)
+    cfg, name = check_run(run_dir, args.data)
     if args.samples is not None:
         if args.sampler is not None or args.steps is not None or args.n is not None or args.options:
             raise ValueError("--samples scores a file as it is; leave out --sampler, --steps, --n and sampler "
@@ -128,7 +132,12 @@ def run(args) -> int:
                 "seconds": None,
                 "train_step": None}
     else:
-        images, info = draw_samples(run_dir, cfg, args)
+        from ..runs.run import Run
+        from .common import parse_device
+
+        run = Run.open(run_dir, device=parse_device(args.device))
+        check_image_shape(run.shape, name, run_dir)  # before any sampling
+        images, info = draw_samples(run, cfg, args)
         info["source"] = "sampler"
     data_dir = args.data_dir or (cfg.get("data") or {}).get("data_dir")
     report = evaluate_images(images, name, data_dir, value_range=(0, 1), kid_subsets=args.kid_subsets,

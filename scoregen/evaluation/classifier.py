@@ -34,10 +34,12 @@ from ..data.images import load_mnist
 from ..training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = ["FeatureClassifier", "train_classifier", "save_classifier", "load_classifier", "classifier_path",
-           "classifier_features", "classifier_predict", "accuracy", "CLASSIFIER_DATASETS"]
+           "classifier_features", "classifier_predict", "accuracy", "CLASSIFIER_DATASETS", "IMAGE_SHAPE"]
 
 #: data sets with a classifier; weights live in scoregen/assets/<name>_classifier.pt
 CLASSIFIER_DATASETS = ("mnist", "fashion-mnist")
+#: the shape (C, H, W) of the images the classifiers take
+IMAGE_SHAPE = (1, 28, 28)
 _ASSETS = Path(__file__).resolve().parents[1] / "assets"  # scoregen/assets (package data)
 #: the checkpoint's "kind" entry
 KIND = "feature-classifier"
@@ -61,7 +63,7 @@ class FeatureClassifier(nn.Module):
         self.head = nn.Linear(self.feature_dim, n_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+        if x.dim() != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE:
             raise ValueError(f"the classifier takes images of shape (N, 1, 28, 28) in [0, 1], got {tuple(x.shape)}")
         h = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
         h = F.max_pool2d(F.relu(self.bn2(self.conv2(h))), 2)

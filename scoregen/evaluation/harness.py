@@ -3,7 +3,8 @@
     point_evaluator / image_evaluator   (metric, fn(samples) -> value, floor) for a run's data
     measure / compare_summary           quality against NFE for samplers at NFE budgets (`scoregen compare`)
     points_nll / images_bpd             batched likelihoods in data units (`scoregen likelihood`)
-    check_image_run                     an image run with a feature classifier (`scoregen evaluate`)
+    check_image_run / check_image_shape an image run with a feature classifier (`scoregen evaluate`,
+                                        `scoregen compare`), images of the classifier's shape
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from tqdm.auto import tqdm
 
 from ..likelihood import bits_per_dim, log_likelihood
 
-__all__ = ["point_evaluator", "image_evaluator", "cells", "seconds_per_evaluation", "measure", "compare_summary", "WITHIN", "points_nll", "images_bpd",
-           "check_image_run"]
+__all__ = ["point_evaluator", "image_evaluator", "cells", "seconds_per_evaluation", "measure", "compare_summary",
+           "WITHIN", "points_nll", "images_bpd", "check_image_run", "check_image_shape"]
 
 #: `compare_summary`: a sampler is "within" the best value when at most this fraction above it.
 WITHIN = 0.10
@@ -76,12 +77,17 @@ def cells(samplers, budgets, options=None) -> dict:
 
 
 def seconds_per_evaluation(run_dir, n: int, batch_size=None, device="cpu", repeats: int = 3) -> float:
-    """Measured seconds of one score evaluation of the run's model on a batch of n prior draws."""
+    """Measured seconds of one score evaluation of the run's model on a batch of n prior draws.
+
+    `run_dir` is a run folder or an open `runs.Run` (then `device` is the Run's)."""
     import torch
 
-    from ..runs.run import load_run_parts
+    from ..runs.run import Run, load_run_parts
 
-    model, sde, _, meta = load_run_parts(run_dir, device=device)
+    if isinstance(run_dir, Run):
+        model, sde, meta, device = run_dir.model, run_dir.sde, run_dir.meta, run_dir.device
+    else:
+        model, sde, _, meta = load_run_parts(run_dir, device=device)
     b = min(n, batch_size or n)
     x = sde.prior_sample((b,) + tuple(meta["data_shape"][1:]), device=device)
     t = torch.full((b,), float(sde.T), device=device)
@@ -185,21 +191,40 @@ def images_bpd(score_fn, sde, pixels, normalizer, *, levels: int = 256, value_ra
     return torch.cat(out["bpd"]), torch.cat(out["se"]), torch.cat(out["nll"]), nfe
 
 
-def check_image_run(run_dir: Path) -> tuple[dict, str]:
-    """(config, data set name) of an image run with a classifier; clear errors otherwise."""
+def check_image_run(run_dir: Path, data: str | None = None) -> tuple[dict, str]:
+    """(config, data set name) of an image run with a classifier; clear errors otherwise.
+
+    The data set is `data` (a --data argument) if given, else the run's data.name; a diffusers folder
+    names none, so it needs `data`.
+    """
     from ..runs.recipe import is_point_data, load_run_config
     from .classifier import CLASSIFIER_DATASETS
 
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
     cfg = load_run_config(run_dir)
-    name = (cfg.get("data") or {}).get("name")
+    name = data if data is not None else (cfg.get("data") or {}).get("name")
     if name is None:
-        raise ValueError(f"{run_dir}/config.yaml names no data set (data.name)")
+        where = "the diffusers folder" if _is_diffusers(cfg) else "the run's config.yaml (data.name)"
+        raise ValueError(f"{run_dir}: {where} names no data set; pass --data with one of {list(CLASSIFIER_DATASETS)}")
     if is_point_data(name):
         raise ValueError(f"{run_dir} is a point run (data {name!r}); `scoregen evaluate` scores MNIST-like images: "
                          f"use `scoregen compare {run_dir}` for the quality of point samples")
     if name not in CLASSIFIER_DATASETS:
-        raise ValueError(f"{run_dir} was trained on {name!r}, which has no classifier for FID/KID; "
-                         f"`scoregen evaluate` knows {list(CLASSIFIER_DATASETS)}")
+        what = f"--data {name!r} has" if data is not None else f"{run_dir} was trained on {name!r}, which has"
+        raise ValueError(f"{what} no classifier for FID/KID; classifiers exist for {list(CLASSIFIER_DATASETS)}")
     return cfg, name
+
+
+def check_image_shape(shape, name: str, run_dir) -> None:
+    """ValueError unless one image of the run, `shape` (C, H, W), is what the classifier of `name` takes."""
+    from .classifier import IMAGE_SHAPE
+
+    if tuple(shape) != IMAGE_SHAPE:
+        size = "x".join(map(str, shape))
+        raise ValueError(f"{run_dir} makes {size} images, but the {name} classifier behind FID/KID scores "
+                         f"{'x'.join(map(str, IMAGE_SHAPE))} images")
+
+
+def _is_diffusers(cfg: dict) -> bool:
+    return (cfg.get("source") or {}).get("kind") == "diffusers"

@@ -55,8 +55,7 @@ def folder_config(path) -> dict | None:
     kind = folder_kind(path)
     if kind == "export":
         return export.read_export_config(path)["run_config"]
-    if kind == "diffusers":
-        sched = hf.read_json(Path(path) / "scheduler" / "scheduler_config.json") \
-            if (Path(path) / "scheduler" / "scheduler_config.json").is_file() else {}
+    if kind == "diffusers":  # a model_index.json without unet/ + scheduler/ is refused here, in one line
+        sched = hf.read_json(hf.folder_parts(path)[1] / "scheduler_config.json")
         return _diffusers_config({"scheduler": sched.get("_class_name"), "prediction": sched.get("prediction_type")})
     return None

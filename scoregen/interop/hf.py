@@ -26,7 +26,8 @@ import torch
 from ..process.discrete import DiscreteVPSDE
 from .adapters import PredictionScoreModel, ve_for_sigmas
 
-__all__ = ["is_diffusers_folder", "load_diffusers", "MissingDependency", "require", "DIFFUSERS_VALUE_RANGE"]
+__all__ = ["is_diffusers_folder", "folder_parts", "load_diffusers", "MissingDependency", "require",
+           "DIFFUSERS_VALUE_RANGE"]
 
 #: the data units of diffusers' image pipelines
 DIFFUSERS_VALUE_RANGE = (-1.0, 1.0)
@@ -71,7 +72,9 @@ def read_json(path: Path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
-def _folder_parts(path: Path) -> tuple[Path, Path]:
+def folder_parts(path) -> tuple[Path, Path]:
+    """(unet folder, scheduler folder) of a diffusers folder; a one-line error naming what is missing."""
+    path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"diffusers folder {str(path)!r} does not exist")
     parts = _parts(path)
@@ -110,7 +113,7 @@ def load_diffusers(path, device="cpu"):
     `.score_fn()`, weights frozen, eval mode), `meta` with data_shape [1, C, H, W], the scheduler's
     class, config and prediction type."""
     path = Path(path)
-    unet_dir, sched_dir = _folder_parts(path)
+    unet_dir, sched_dir = folder_parts(path)
     diffusers = require("diffusers", f"opening the diffusers folder {path}")
     sched_cfg = read_json(sched_dir / "scheduler_config.json")
     unet_cfg = read_json(unet_dir / "config.json")

@@ -169,10 +169,10 @@ def _write_config(run_dir: Path, cfg: dict):
 
 
 #: what may change when a run resumes: the schedule and bookkeeping, never the model, data or loss
-#: (grad_accum splits the same batch differently: the same step up to float rounding, like device)
+#: (grad_accum and micro_batch split the same batch differently: the same step up to float rounding, like device)
 RESUMABLE = {"train": {"steps", "lr", "lr_decay", "decay_start", "ema_decay", "grad_clip", "checkpoint_every",
                        "log_every", "callback_every", "device", "progress", "patience", "grad_accum",
-                       "tensorboard"},
+                       "micro_batch", "tensorboard"},
              "data": {"data_dir"}, "sample": None}  # None: every key
 
 

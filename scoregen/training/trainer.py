@@ -30,11 +30,18 @@ entry point runs DistributedDataParallel (gloo on CPU, nccl on GPU). Every rank 
 the same trajectory as one process on the whole batch; rank 0 alone writes checkpoints and logs.
 
 Gradient accumulation (`grad_accum` = K > 1): the step draws the same global batch and noise as
-with K = 1, splits this rank's shard into K equal micro-batches and backpropagates each one's mean
-loss divided by K, so the summed gradient is the gradient of the mean over the whole batch; then one
+with K = 1, splits this rank's shard of n examples into K micro-batches of n_i examples and
+backpropagates each one's mean loss weighted by n_i / n, so the summed gradient is
+sum_i (n_i / n) mean_i = (1/n) sum_j loss_j, the gradient of the mean over the whole batch; then one
 clip, one Adam step, one EMA update. K = 1 and K > 1 follow the same trajectory up to the order of
 floating-point sums, with 1/K of the activations in memory. Under DDP all but the last
 micro-batch run under `no_sync()`, so gradients are all-reduced once per step.
+
+A per-device cap (`micro_batch` = m): K = ceil(n / m) micro-batches of near-equal size (n = batch_size
+/ processes; the first n mod K hold one example more, so none exceeds m), e.g. n = 10, m = 4 ->
+4, 3, 3; held-out measurements go in pieces of at most m too. grad_accum then stays 1 (the default)
+or equals that K. `micro_batches(n, grad_accum, micro_batch)` gives the sizes; each log record
+states K as `micro_batches`.
 
 TensorBoard (`tensorboard` = True): each log record's loss, lr, grad_norm, examples_per_s and
 val_loss also go to RUN_DIR/tensorboard/ as scalars (needs `pip install tensorboard`);
@@ -46,6 +53,7 @@ import copy
 import dataclasses
 import json
 import math
+import numbers
 import os
 import time
 import warnings
@@ -63,7 +71,7 @@ from ..models.score import ScoreModel
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .losses import make_loss
 
-__all__ = ["TrainConfig", "Normalizer", "Trainer", "train", "load_run", "METRICS_NAME"]
+__all__ = ["TrainConfig", "micro_batches", "Normalizer", "Trainer", "train", "load_run", "METRICS_NAME"]
 
 METRICS_NAME = "metrics.jsonl"
 LR_DECAYS = ("constant", "linear", "cosine")
@@ -89,7 +97,10 @@ class TrainConfig:
     fp32; a CPU with AMX or AVX512-bf16 trains mnist-edm 1.5x faster); weight_decay is Adam's L2
     penalty. grad_accum = K splits each step's batch into K micro-batches (same data and noise, same
     update up to float rounding, 1/K of the activation memory; batch_size must be divisible by K times
-    the number of processes). tensorboard also writes the logged scalars to RUN_DIR/tensorboard/.
+    the number of processes). micro_batch = m (None: no cap) is the most examples one process puts
+    through one forward or backward pass: K = ceil(batch_size / processes / m) near-equal
+    micro-batches, for any batch size; with it, grad_accum must be 1 (the default) or that K.
+    tensorboard also writes the logged scalars to RUN_DIR/tensorboard/.
     validation is the held-out fraction of the examples (0: none), measured every
     validate_every steps; patience > 0 stops after that many measurements without a new best
     (see the module docstring). The learning rate warms up linearly over `warmup` steps, then stays at lr ("constant")
@@ -100,6 +111,7 @@ class TrainConfig:
     steps: int = 2000
     batch_size: int = 256
     grad_accum: int = 1
+    micro_batch: int | None = None
     lr: float = 2e-3
     betas: tuple = (0.9, 0.999)
     weight_decay: float = 0.0
@@ -132,9 +144,15 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "warmup", "decay_start", "seed", "checkpoint_every", "log_every",
                      "callback_every", "validate_every", "patience"):
             v = getattr(self, name)
-            if int(v) != v or v < (1 if name in positive else 0):
+            if not _is_int(v) or v < (1 if name in positive else 0):
                 raise ValueError(f"TrainConfig.{name} must be a non-negative integer"
                                  f"{' >= 1' if name in positive else ''}, got {v!r}")
+            setattr(self, name, int(v))  # 4.0 -> 4: slices and sizes need ints
+        if self.micro_batch is not None:
+            if not _is_int(self.micro_batch) or self.micro_batch < 1:
+                raise ValueError(f"TrainConfig.micro_batch must be null (no cap) or an integer >= 1 (the most "
+                                 f"examples per forward/backward on one device), got {self.micro_batch!r}")
+            self.micro_batch = int(self.micro_batch)
         if not 0 <= self.validation < 1:
             raise ValueError(f"TrainConfig.validation must lie in [0, 1) (the held-out fraction), got {self.validation!r}")
         if not self.lr > 0:
@@ -160,6 +178,32 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training option(s) {unknown}; accepted: {sorted(known)}")
         return cls(**d)
+
+
+def _is_int(v) -> bool:
+    """An integral number (4 or 4.0), not a bool or a string."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and int(v) == v
+
+
+def micro_batches(n: int, grad_accum: int = 1, micro_batch: int | None = None) -> list[int]:
+    """The sizes of the micro-batches one process splits its n examples into, in order.
+
+    Without a cap, grad_accum = K equal pieces (n divisible by K). With micro_batch = m,
+    K = ceil(n / m) near-equal pieces: q = n // K each, the first n mod K one more, so every piece
+    is at most m (ceil(n / K) <= m); grad_accum must then be 1 (the default) or that K.
+    """
+    if micro_batch is None:
+        if n % grad_accum:
+            raise ValueError(f"{n} examples per process cannot be split into grad_accum={grad_accum} equal "
+                             f"micro-batches")
+        return [n // grad_accum] * grad_accum
+    k = -(-n // micro_batch)
+    if grad_accum not in (1, k):
+        raise ValueError(f"grad_accum={grad_accum} and micro_batch={micro_batch} disagree: {n} examples per process "
+                         f"in pieces of at most {micro_batch} make {k} micro-batches; set grad_accum={k}, or "
+                         f"grad_accum=1 to let micro_batch choose, or micro_batch=null")
+    q, r = divmod(n, k)
+    return [q + 1] * r + [q] * (k - r)
 
 
 class Normalizer:
@@ -252,10 +296,14 @@ class Trainer:
             raise ValueError(f"Trainer needs a scoregen.models.ScoreModel, got {type(model).__name__}")
         self.config = cfg = config if config is not None else TrainConfig()
         self.rank, self.world, self.device, self._created_group = _dist_info(cfg.device)
-        if cfg.batch_size % (cfg.grad_accum * self.world):
+        if cfg.micro_batch is None and cfg.batch_size % (cfg.grad_accum * self.world):
             raise ValueError(f"batch_size={cfg.batch_size} must be divisible by grad_accum x processes = "
                              f"{cfg.grad_accum} x {self.world} = {cfg.grad_accum * self.world} (each process's "
                              f"share of the batch is split into grad_accum equal micro-batches)")
+        if cfg.batch_size % self.world:
+            raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {self.world} processes "
+                             f"(each takes an equal share)")
+        self.micro_batches = micro_batches(cfg.batch_size // self.world, cfg.grad_accum, cfg.micro_batch)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.writer = None  # the TensorBoard SummaryWriter, opened by fit() on rank 0
         if cfg.tensorboard:
@@ -365,7 +413,7 @@ class Trainer:
             g = torch.Generator().manual_seed(int(self.config.seed) + _VAL_STREAM)
             self._val_draws = (x, self.loss.draw(x, g), y)
         x, draws, y = self._val_draws
-        b, total = self.config.batch_size, 0.0
+        b, total = min(self.config.batch_size, self.config.micro_batch or math.inf), 0.0
         self.ema.eval()
         for i in range(0, x.shape[0], b):
             part = {k: v[i:i + b] for k, v in draws.items()}
@@ -409,22 +457,17 @@ class Trainer:
             group["lr"] = self.lr_at(self.step)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        k = cfg.grad_accum
-        if k == 1:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                loss = self.loss.per_example(self.forward_model, x0, draws, y).mean()
-            loss.backward()
-        else:  # K equal micro-batches, each's mean / K: the summed gradient is that of the whole mean
-            m, loss = x0.shape[0] // k, 0.0
-            for i in range(k):
-                sl = slice(i * m, (i + 1) * m)
-                sync = nullcontext() if self._ddp is None or i == k - 1 else self._ddp.no_sync()
-                with sync:
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                        part = self.loss.per_example(self.forward_model, x0[sl], {n: v[sl] for n, v in draws.items()},
-                                                     None if y is None else y[sl]).mean() / k
-                    part.backward()
-                loss = loss + part.detach()
+        n, k, start, loss = x0.shape[0], len(self.micro_batches), 0, 0.0
+        for i, size in enumerate(self.micro_batches):  # each piece's mean x n_i / n: the gradient of the whole mean
+            sl = slice(start, start + size)
+            start += size
+            sync = nullcontext() if self._ddp is None or i == k - 1 else self._ddp.no_sync()
+            with sync:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                    part = self.loss.per_example(self.forward_model, x0[sl], {name: v[sl] for name, v in draws.items()},
+                                                 None if y is None else y[sl]).mean() * (size / n)
+                part.backward()
+            loss = loss + part.detach()
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.optimizer.step()
@@ -482,7 +525,8 @@ class Trainer:
                 rate = (step - s0) * cfg.batch_size / max(time.perf_counter() - t0, 1e-9)
                 recent = self.loss_history[-min(cfg.log_every, len(self.loss_history)):]
                 record = {"step": step, "loss": float(np.mean(recent)), "lr": self.lr_at(step - 1),
-                          "grad_norm": float(self.grad_norm), "examples_per_s": rate, **(val or {})}
+                          "grad_norm": float(self.grad_norm), "examples_per_s": rate,
+                          "micro_batches": len(self.micro_batches), **(val or {})}
                 bar.set_postfix(loss=f"{record['loss']:.4g}", ex_s=f"{rate:.3g}")
                 if main:
                     self._log(record)
