@@ -11,7 +11,8 @@ so beta(1) = 0 and, since prod_{s=tau+1..t} beta(s) = (tau/t)^(gamma+1), the wei
 
     w_{gamma,t}(tau) = (tau^(gamma+1) - (tau-1)^(gamma+1)) / t^(gamma+1),   1 <= tau <= t   (0 after t),
 
-a discrete power profile that sums to 1 exactly: its continuous limit is (gamma+1) tau^gamma / t^(gamma+1).
+a discrete power profile that sums to 1 exactly: w(tau) is the integral over (tau-1, tau] of the continuous
+profile p(u) = (gamma+1) u^gamma / t^(gamma+1) on [0, t].
 Unlike a constant-decay EMA it forgets the random initialisation and its length grows with t.
 
 EMA length. The relative standard deviation of that continuous profile (its std over time divided by t):
