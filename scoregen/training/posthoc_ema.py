@@ -100,9 +100,8 @@ def power_weights(gamma: float, step: int, n_steps: int | None = None) -> np.nda
     if step < 1:
         raise ValueError(f"a power EMA's step must be >= 1, got {step}")
     n = int(step if n_steps is None else n_steps)
-    tau = np.arange(1, n + 1, dtype=np.float64)
-    w = np.exp(_log_d(gamma, n) - (gamma + 1) * math.log(step))
-    return np.where(tau <= step, w, 0.0)
+    w = np.exp(_log_d(gamma, min(step, n)) - (gamma + 1) * math.log(step))
+    return np.concatenate([w, np.zeros(max(n - step, 0))])
 
 
 def _log_d(gamma: float, n: int) -> np.ndarray:
