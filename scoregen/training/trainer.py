@@ -100,7 +100,8 @@ class TrainConfig:
     validation is the held-out fraction of the examples (0: none), measured every
     validate_every steps; patience > 0 stops after that many measurements without a new best
     (see the module docstring). posthoc_ema lists the sigma_rels of power-function EMAs tracked for
-    post-hoc EMA (empty: none), snapshotted every posthoc_every steps. The learning rate warms up linearly over `warmup` steps, then stays at lr ("constant")
+    post-hoc EMA (empty: none), snapshotted every posthoc_every steps (see the module docstring).
+    The learning rate warms up linearly over `warmup` steps, then stays at lr ("constant")
     or anneals to 0 at `steps` ("linear", "cosine") from step max(warmup, decay_start): a cool-down
     that can be added when resuming.
     """
