@@ -80,7 +80,8 @@ def test_evaluate_report_and_grid(evaluated):
     out, r = evaluated
     expected = {"run_dir", "source", "sampler", "steps", "nfe", "seconds", "train_step", "dataset", "n", "n_ref",
                 "fid", "fid_floor", "fid_ratio", "kid", "kid_std", "kid_floor", "kid_floor_std", "class_fractions",
-                "class_max_dev_points", "test_class_fractions"}
+                "class_max_dev_points", "test_class_fractions", "precision", "recall", "precision_floor",
+                "recall_floor", "pr_k"}
     assert expected <= set(r)
     assert (r["dataset"], r["n"], r["n_ref"], r["sampler"], r["nfe"], r["train_step"]) == ("mnist", 20, 20,
                                                                                             "dpmpp2m", 2, 4)
@@ -88,6 +89,7 @@ def test_evaluate_report_and_grid(evaluated):
     assert frac.sum() == pytest.approx(1.0) and np.allclose(frac * 20, np.round(frac * 20))
     assert r["class_max_dev_points"] == pytest.approx(100 * np.abs(frac - 0.1).max())
     assert r["fid_ratio"] == pytest.approx(r["fid"] / r["fid_floor"])
+    assert all(0 <= r[k] <= 1 for k in ("precision", "recall", "precision_floor", "recall_floor")) and r["pr_k"] == 3
     # four training steps give noise, far from digits: above the test-vs-train floor
     assert r["fid"] > r["fid_floor"] > 0
     assert _png(out.with_suffix(".png")).std() > 0
@@ -102,7 +104,7 @@ def test_evaluate_a_samples_file_from_scoregen_sample(image_run, evaluated, tmp_
     assert main(["evaluate", str(image_run), "--samples", str(npz), "--out", str(out)]) == 0
     r, drawn = json.loads(out.read_text()), evaluated[1]
     assert r["source"] == str(npz) and r["nfe"] is None
-    for key in ("fid", "fid_floor", "kid", "kid_floor", "class_fractions"):
+    for key in ("fid", "fid_floor", "kid", "kid_floor", "class_fractions", "precision", "recall", "recall_floor"):
         assert r[key] == pytest.approx(drawn[key], rel=1e-9), key
     # and the file's images through the library give the CLI's numbers
     with np.load(npz) as f:
@@ -128,3 +130,18 @@ def test_clear_errors(image_run, tmp_path, capsys):
     assert "leave out" in err(image_run, "--samples", bad, "--n", 10)
     assert "does not exist" in err(image_run, "--samples", tmp_path / "missing.npz")
     assert "--n must be at least 2" in err(image_run, "--n", 1)
+
+
+def test_evaluate_a_post_hoc_ema(tmp_path, capsys):
+    """--ema-sigma-rel samples the reconstructed EMA, and the report says which; --samples refuses it."""
+    require_shared_data("mnist")
+    run = tmp_path / "ema"
+    assert _train(run, "train.posthoc_ema=[0.05,0.1]", "train.posthoc_every=2") == 0
+    out = tmp_path / "e.json"
+    assert main(["evaluate", str(run), "--sampler", "dpmpp2m", "--steps", "2", "--n", "8", "--kid-subsets", "2",
+                 "--ema-sigma-rel", "0.2", "--out", str(out)]) == 0
+    assert "post-hoc EMA sigma_rel 0.2 at step 4" in capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["posthoc_ema"]["sigma_rel"] == 0.2 and r["posthoc_ema"]["snapshots"] == 2
+    assert main(["evaluate", str(run), "--samples", str(tmp_path / "x.npz"), "--ema-sigma-rel", "0.1"]) == 2
+    assert "leave out" in capsys.readouterr().err

@@ -129,3 +129,23 @@ def test_evaluate_images_real_vs_noise():
     assert bad["fid_ratio"] > 10 * rep["fid_ratio"]
     with pytest.raises(ValueError, match="NaN"):
         evaluate_images(torch.full((4, 1, 28, 28), float("nan")), "mnist", folder, model=model)
+
+
+def test_precision_recall_of_real_collapsed_and_noise_images():
+    """Real digits against the test images score like the floor (real vs real at the same sizes): within
+    4 binomial standard errors of a difference of two fractions of n, 4 sqrt(2 p (1 - p) / n). A generator
+    collapsed onto one training digit covers no test image (its manifold is that one point), and noise
+    lies in no real digit's neighbourhood."""
+    folder = require_shared_data("mnist")
+    model = load_classifier("mnist")
+    n = 400
+    real, _ = load_mnist("train", folder, limit=n)
+    rep = evaluate_images(real, "mnist", folder, model=model, kid_subsets=5)
+    assert rep["pr_k"] == 3
+    for key in ("precision", "recall"):
+        p = rep[f"{key}_floor"]
+        assert 0.75 < p < 1 and abs(rep[key] - p) <= 4 * np.sqrt(2 * p * (1 - p) / n), key
+    collapsed = evaluate_images(real[:1].repeat(n, 1, 1, 1), "mnist", folder, model=model, kid_subsets=5)
+    assert collapsed["recall"] == 0.0 and collapsed["precision"] in (0.0, 1.0)
+    noise = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert evaluate_images(noise, "mnist", folder, model=model, kid_subsets=5)["precision"] == 0.0

@@ -59,6 +59,21 @@ def sampler_options(args, sampler) -> dict:
     return opts
 
 
+# --- post-hoc EMA ----------------------------------------------------------------------------------
+def add_ema_flags(p) -> None:
+    """--ema-sigma-rel / --ema-step: sample the post-hoc EMA of a run trained with train.posthoc_ema."""
+    p.add_argument("--ema-sigma-rel", type=float, default=None, metavar="S",
+                   help="use the post-hoc EMA of relative length S (Karras et al. 2024; e.g. 0.05-0.2), "
+                        "reconstructed from the run's posthoc_ema/ snapshots (train with train.posthoc_ema=[0.05,0.1])")
+    p.add_argument("--ema-step", type=int, default=None, metavar="N",
+                   help="with --ema-sigma-rel: the EMA as it was at training step N (default: the last snapshot)")
+
+
+def ema_args(args) -> dict:
+    """{"ema_sigma_rel", "ema_step"} of the command's flags, for `runs.Run.open` / `recipe.sample_run`."""
+    return {"ema_sigma_rel": getattr(args, "ema_sigma_rel", None), "ema_step": getattr(args, "ema_step", None)}
+
+
 # --- counts -----------------------------------------------------------------------------------------
 def check_positive(**counts) -> None:
     """ValueError naming the first flag whose value is given but not a positive integer (None = unset)."""

@@ -5,6 +5,8 @@ The samples (N fresh draws with the chosen sampler, or the `images01` array of a
 
     FID  ||mu_s - mu_t||^2 + tr(S_s + S_t - 2 (S_s^1/2 S_t S_s^1/2)^1/2)   (Heusel et al. 2017)
     KID  unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3                     (Binkowski et al. 2018)
+    precision / recall  samples in the test set's k-NN manifold / test images in the samples' one
+                                                                           (Kynkaanniemi et al. 2019)
 
 on the 128-d features of the data set's own classifier (`classifier`), against m = min(N, 10000)
 test images, beside the floor: the same statistic between those test images and N training images.
@@ -25,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-HELP = ("MNIST / Fashion-MNIST runs: classifier FID and KID against the test split (with the floor) and "
-        "the class histogram")
+HELP = ("MNIST / Fashion-MNIST runs: classifier FID, KID, precision and recall against the test split (with "
+        "the floor) and the class histogram")
 
 GRID_IMAGES = 64
 
@@ -34,6 +36,7 @@ EXAMPLES = [
     "scoregen evaluate runs/mnist --sampler pc --steps 500 --n 500",
     "scoregen evaluate runs/mnist --sampler heun --steps 500 --n 500 churn=40",
     "scoregen evaluate runs/mnist --samples runs/mnist/samples.npz",
+    "scoregen evaluate runs/mnist-ema --ema-sigma-rel 0.08 --sampler pc --steps 500 --n 500",
 ]
 
 
@@ -55,10 +58,12 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the prior draws and of the reference subsets")
     p.add_argument("--batch-size", type=int, default=None, help="samples per sampler call (default: the run's)")
     p.add_argument("--kid-subsets", type=int, default=100, help="random subsets averaged by KID")
+    p.add_argument("--pr-k", type=int, default=3, help="k of the k-NN manifolds of precision and recall")
     p.add_argument("--device", default="cpu", help="cpu, cuda[:i] or auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    from .common import add_sampler_options
+    from .common import add_ema_flags, add_sampler_options
 
+    add_ema_flags(p)
     add_sampler_options(p, "churn=40 for heun, snr=0.1 for pc")
 
 
@@ -81,8 +86,8 @@ def read_samples(path) -> torch.Tensor:
 
 
 def draw_samples(run, cfg: dict, args) -> tuple[torch.Tensor, dict]:
-    """(images in [0, 1], {"sampler", "steps", "nfe", "seconds", "train_step"}) drawn from an open `runs.Run`
-    (train_step None for a diffusers folder)."""
+    """(images in [0, 1], {"sampler", "steps", "nfe", "seconds", "train_step"[, "posthoc_ema"]}) drawn from an
+    open `runs.Run` (train_step None for a diffusers folder; posthoc_ema when it was opened with --ema-sigma-rel)."""
     from ..data.images import unscale_images
     from .common import check_positive, chosen_sampler, sampler_options
 
@@ -99,6 +104,8 @@ def draw_samples(run, cfg: dict, args) -> tuple[torch.Tensor, dict]:
     step = run.meta.get("step")
     info = {"sampler": args.sampler or sc.get("sampler", "pc"), "steps": steps, "nfe": int(res.nfe),
             "options": opts, "seconds": round(seconds, 2), "train_step": None if step is None else int(step)}
+    if "posthoc_ema" in run.meta:
+        info["posthoc_ema"] = run.meta["posthoc_ema"]
     if not torch.isfinite(res.samples).all():
         raise ValueError(f"the {info['sampler']} sampler diverged (non-finite samples); try more --steps "
                          "or another --sampler")
@@ -107,10 +114,14 @@ def draw_samples(run, cfg: dict, args) -> tuple[torch.Tensor, dict]:
 
 def summary_lines(r: dict) -> list[str]:
     trained = f"step {r['train_step']}" if r.get("train_step") is not None else "a model not trained here"
-    how = f"{r['sampler']} ({r['nfe']} NFE, {trained})" if r["source"] == "sampler" else r["source"]
+    ema = r.get("posthoc_ema")
+    ema = f", post-hoc EMA sigma_rel {ema['sigma_rel']:g} at step {ema['step']}" if ema else ""
+    how = f"{r['sampler']} ({r['nfe']} NFE, {trained}{ema})" if r["source"] == "sampler" else r["source"]
     return [f"{r['dataset']}: n={r['n']} samples from {how}, reference {r['n_ref']} test images",
             f"  FID {r['fid']:.4g}   floor (test vs train) {r['fid_floor']:.4g}   ratio {r['fid_ratio']:.3g}",
             f"  KID {r['kid']:.4g} +- {r['kid_std']:.2g}   floor {r['kid_floor']:.4g} +- {r['kid_floor_std']:.2g}",
+            f"  precision {r['precision']:.3f}  recall {r['recall']:.3f}   floor (train vs test) "
+            f"{r['precision_floor']:.3f} / {r['recall_floor']:.3f}  (k = {r['pr_k']})",
             "  classes " + " ".join(f"{100 * f:.1f}" for f in r["class_fractions"])
             + f" %  (max deviation from uniform {r['class_max_dev_points']:.2f} points)"]
 
@@ -124,24 +135,26 @@ def run(args) -> int:
     run_dir = Path(args.run_dir)
     cfg, name = check_run(run_dir, args.data)
     if args.samples is not None:
-        if args.sampler is not None or args.steps is not None or args.n is not None or args.options:
-            raise ValueError("--samples scores a file as it is; leave out --sampler, --steps, --n and sampler "
-                             f"options{' ' + ' '.join(args.options) if args.options else ''} with it")
+        if args.sampler is not None or args.steps is not None or args.n is not None or args.options \
+                or args.ema_sigma_rel is not None or args.ema_step is not None:
+            raise ValueError("--samples scores a file as it is; leave out --sampler, --steps, --n, --ema-sigma-rel, "
+                             "--ema-step and sampler options"
+                             f"{' ' + ' '.join(args.options) if args.options else ''} with it")
         images = read_samples(args.samples)
         info = {"source": str(args.samples), "sampler": None, "steps": None, "nfe": None, "options": {},
                 "seconds": None,
                 "train_step": None}
     else:
         from ..runs.run import Run
-        from .common import parse_device
+        from .common import ema_args, parse_device
 
-        run = Run.open(run_dir, device=parse_device(args.device))
+        run = Run.open(run_dir, device=parse_device(args.device), **ema_args(args))
         check_image_shape(run.shape, name, run_dir)  # before any sampling
         images, info = draw_samples(run, cfg, args)
         info["source"] = "sampler"
     data_dir = args.data_dir or (cfg.get("data") or {}).get("data_dir")
     report = evaluate_images(images, name, data_dir, value_range=(0, 1), kid_subsets=args.kid_subsets,
-                             seed=args.seed)
+                             seed=args.seed, pr_k=args.pr_k)
     report = {"run_dir": str(run_dir), **info, **report}
     out = Path(args.out) if args.out else run_dir / "evaluate.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,13 +17,14 @@ EXAMPLES = [
     "scoregen sample runs/mix --sampler pc --steps 500 snr=0.1",
     "scoregen sample runs/mix --sampler heun --steps 20 churn=40",
     "scoregen sample runs/mnist --n 500 --sampler heun --steps 500 churn=40",
+    "scoregen sample runs/mix-ema --ema-sigma-rel 0.08 --n 1000 --out samples-ema.npy",
 ]
 
 
 def add_arguments(p):
     from scoregen.sampling.samplers import sampler_names
 
-    from .common import add_progress_flag, add_sampler_options
+    from .common import add_ema_flags, add_progress_flag, add_sampler_options
 
     p.add_argument("run_dir", help="a run folder made by `scoregen train`, an export (`scoregen export`) or a "
                                    "diffusers folder (a saved pipeline, or unet/ + scheduler/)")
@@ -38,24 +39,27 @@ def add_arguments(p):
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--trajectory", action="store_true", help="also save the trajectory (points)")
+    add_ema_flags(p)
     add_progress_flag(p)
     add_sampler_options(p, "snr=0.1 for pc, rtol=1e-4 for ode, churn=40 for heun")
 
 
 def run(args):
-    from scoregen.runs.recipe import is_point_data, load_run_config, sample_run
+    from scoregen.runs.recipe import is_point_data, load_run_config
+    from scoregen.runs.run import Run
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from .common import check_positive, chosen_sampler, sampler_options, show_progress
+    from .common import check_positive, chosen_sampler, ema_args, sampler_options, show_progress
 
     check_positive(n=args.n, steps=args.steps, batch_size=args.batch_size)
     cfg = load_run_config(args.run_dir)
     opts = sampler_options(args, chosen_sampler(cfg, args.sampler))
     t0 = time.perf_counter()
-    res = sample_run(args.run_dir, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                     batch_size=args.batch_size, device=args.device, progress=show_progress(args),
-                     return_trajectory=args.trajectory, label=args.label, guidance=args.guidance, **opts)
+    run = Run.open(args.run_dir, device=args.device, **ema_args(args))
+    res = run.sample(args.n, args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+                     progress=show_progress(args), return_trajectory=args.trajectory, label=args.label,
+                     guidance=args.guidance, **opts)
     seconds = time.perf_counter() - t0
     x = res.samples.numpy()
     name = (cfg.get("data") or {}).get("name")  # None for a diffusers folder (images)
@@ -81,5 +85,6 @@ def run(args):
         np.savez_compressed(out, samples=x, images01=img.numpy())
         picture = out.with_suffix(".png")
         image_grid(img, picture)
+    ema = {"posthoc_ema": run.meta["posthoc_ema"]} if "posthoc_ema" in run.meta else {}
     print(json.dumps({"out": str(out), "picture": str(picture), "n": len(x), "nfe": res.nfe,
-                      "seconds": round(seconds, 2)}))
+                      "seconds": round(seconds, 2), **ema}))

@@ -13,6 +13,8 @@ EXAMPLES = [
     "scoregen train --data my_points.csv --out runs/mine",
     "scoregen train --data moons --sde vp --loss sde --steps 4000 --out runs/moons train.lr=1e-3",
     "scoregen train --config mnist-tiny --out runs/mnist",
+    "scoregen train --data seed --out runs/mix-ema --steps 4000 train.posthoc_ema=[0.05,0.1] train.posthoc_every=50",
+    "scoregen train --config mnist-tiny --out runs/mnist-ema train.posthoc_ema=[0.05,0.1] train.posthoc_every=100",
 ]
 
 # flag -> config key; a flag left unset keeps the preset's value

@@ -15,6 +15,12 @@ averaged over random subsets; its std over the subsets is reported beside it. FI
 upwards at finite n, KID is not; both are only comparable at equal sample sizes, which is why
 `evaluate_images` prints the test-vs-train value at the same sizes as the floor.
 
+Precision and recall (Kynkaanniemi et al. 2019, `metrics.precision_recall`): the fraction of samples
+inside the k-NN manifold of the test features (k = 3), and the fraction of test features inside the
+samples' manifold; a blurry or mode-dropping model loses recall, one that makes implausible images
+loses precision. Two real samples of one distribution score below 1 at finite n, so the floor is the
+same pair of numbers between the test and the training subset (disjoint real sets of the same sizes).
+
 The features are the 128-d penultimate activations of `classifier.FeatureClassifier`, trained on
 the data set itself (the offline substitute for Inception features; Binkowski et al. sec. 5).
 """
@@ -25,8 +31,9 @@ import torch
 
 from ..data.images import load_mnist, unscale_images
 from .classifier import CLASSIFIER_DATASETS, classifier_features, classifier_predict, load_classifier
+from .metrics import precision_recall
 
-__all__ = ["frechet_distance", "fid", "kid", "class_histogram", "evaluate_images"]
+__all__ = ["frechet_distance", "fid", "kid", "precision_recall", "class_histogram", "evaluate_images"]
 
 
 def _as_features(f, name: str) -> np.ndarray:
@@ -119,13 +126,14 @@ def _ref_subset(dataset, split, n, data_dir, seed):
 
 
 def evaluate_images(samples, dataset_name: str, data_dir=None, *, value_range=(0, 1), model=None,
-                    kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0) -> dict:
+                    kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0, pr_k: int = 3) -> dict:
     """FID/KID of `samples` against the test split, beside the test-vs-train floor at equal sizes.
 
     samples: (N, 1, 28, 28) in `value_range` (clamped to it). The reference is a random subset of
     m = min(N, 10000) test images; the floor compares those test images with N training images
     (both seeded), so both numbers carry the same finite-sample bias. KID uses `kid_subsets`
-    subsets of min(kid_subset_size, N // 2) features. Also the class histogram
+    subsets of min(kid_subset_size, N // 2) features. Precision and recall use k-NN manifolds with
+    k = pr_k, their floor the same statistic with the training images in the samples' place. Also the class histogram
     of the samples and its largest deviation from uniform, in percentage points.
     """
     if dataset_name not in CLASSIFIER_DATASETS:
@@ -142,11 +150,14 @@ def evaluate_images(samples, dataset_name: str, data_dir=None, *, value_range=(0
     kid_opts = {"n_subsets": kid_subsets, "subset_size": min(kid_subset_size, max(n // 2, 2)), "seed": seed}
     k, k_std = kid(f_s, f_test, **kid_opts)
     k0, k0_std = kid(f_train, f_test, **kid_opts)
+    pr, pr0 = precision_recall(f_test, f_s, pr_k), precision_recall(f_test, f_train, pr_k)
     frac = np.bincount(classifier_predict(model, x).numpy(), minlength=10) / n
     out = {
         "dataset": dataset_name, "n": n, "n_ref": len(test),
         "fid": fid(f_s, f_test), "fid_floor": fid(f_train, f_test),
         "kid": k, "kid_std": k_std, "kid_floor": k0, "kid_floor_std": k0_std,
+        "precision": pr["precision"], "recall": pr["recall"], "precision_floor": pr0["precision"],
+        "recall_floor": pr0["recall"], "pr_k": pr["k"],
         "class_fractions": frac.tolist(),
         "class_max_dev_points": float(100 * np.abs(frac - 0.1).max()),
         "test_class_fractions": (np.bincount(test_y.numpy(), minlength=10) / len(test_y)).tolist(),

@@ -172,7 +172,7 @@ def _write_config(run_dir: Path, cfg: dict):
 #: (grad_accum and micro_batch split the same batch differently: the same step up to float rounding, like device)
 RESUMABLE = {"train": {"steps", "lr", "lr_decay", "decay_start", "ema_decay", "grad_clip", "checkpoint_every",
                        "log_every", "callback_every", "device", "progress", "patience", "grad_accum",
-                       "micro_batch", "tensorboard"},
+                       "micro_batch", "tensorboard", "posthoc_every"},
              "data": {"data_dir"}, "sample": None}  # None: every key
 
 
@@ -303,13 +303,14 @@ def consistency_objective(cfg: dict, model, teacher=None):
 def sample_run(run_dir, n: int | None = None, sampler: str | None = None, *, steps: int | None = None,
                seed: int | None = None, batch_size: int | None = None, device="cpu", progress: bool = False,
                return_trajectory: bool = False, label: int | None = None, guidance: float | None = None,
-               **options) -> SampleResult:
+               ema_sigma_rel: float | None = None, ema_step: int | None = None, **options) -> SampleResult:
     """Samples in data units from a trained run, with the run's configured sampler by default
     (`Run.open(run_dir, device).sample(...)`: open the Run once to sample a run several times).
+    ema_sigma_rel / ema_step: sample the post-hoc EMA of that length (`Run`).
 
     With `label`, the class-conditional score s(x, t, y); with `guidance` w as well, the
     classifier-free guided score s(x, t) + w [s(x, t, y) - s(x, t)] (see `guidance`).
     """
-    return Run.open(run_dir, device=device).sample(n, sampler, steps=steps, seed=seed, batch_size=batch_size,
-                                                   progress=progress, return_trajectory=return_trajectory,
-                                                   label=label, guidance=guidance, **options)
+    run = Run.open(run_dir, device=device, ema_sigma_rel=ema_sigma_rel, ema_step=ema_step)
+    return run.sample(n, sampler, steps=steps, seed=seed, batch_size=batch_size, progress=progress,
+                      return_trajectory=return_trajectory, label=label, guidance=guidance, **options)

@@ -5,6 +5,7 @@
     x = run.sample(1000).samples                          # the run's own sampler, in data units
     y = run.sample(1000, "ddim", steps=20, seed=1).samples
     score = run.score_fn(label=3, guidance=2.0)           # (x, t) -> score, in model units
+    run = Run.open("runs/moons", ema_sigma_rel=0.08)      # the post-hoc EMA of that length (posthoc_ema)
 
 The model scores normalized data ("model units"); `to_model_units` / `to_data_units` apply the run's
 normalizer and its inverse. `recipe.sample_run(run_dir, ...)` is `Run.open(run_dir).sample(...)`.
@@ -18,6 +19,7 @@ import torch
 from ..data.images import parse_value_range
 from ..sampling.samplers import SampleResult, get_sampler
 from ..interop.folders import folder_config, open_folder
+from ..training.posthoc_ema import combination, reconstruct
 from ..training.trainer import load_run
 from . import config as C
 
@@ -53,9 +55,13 @@ class Run:
 
     A RUN_DIR may also be a scoregen export (`scoregen export`) or a diffusers folder (a saved pipeline or
     unet/ + scheduler/): `interop.folders` loads those, and `meta["source"]` says which it was.
+
+    ema_sigma_rel: load the post-hoc EMA of that relative length at `ema_step` (default: the last
+    snapshot) instead of the run's EMA weights, reconstructed from RUN_DIR/posthoc_ema/ by least squares
+    (`training.posthoc_ema`); `meta["posthoc_ema"]` then holds its sigma_rel, step and fit residual.
     """
 
-    def __init__(self, run_dir, device="cpu"):
+    def __init__(self, run_dir, device="cpu", *, ema_sigma_rel: float | None = None, ema_step: int | None = None):
         self.dir = Path(run_dir)
         parts = open_folder(self.dir, device=device)
         if parts is not None:
@@ -63,15 +69,28 @@ class Run:
         else:
             self.config = load_run_config(self.dir)
             self.model, self.sde, self.normalizer, self.meta = load_run(self.dir, device=device)
+        if ema_sigma_rel is not None or ema_step is not None:
+            self._use_posthoc_ema(ema_sigma_rel, ema_step, foreign=parts is not None)
         self.device = device
         self.shape = tuple(self.meta["data_shape"][1:])
         self.points = len(self.shape) == 1
         self.value_range = parse_value_range((self.config.get("data") or {}).get("value_range") or (0, 1))
 
     @classmethod
-    def open(cls, run_dir, device="cpu") -> "Run":
+    def open(cls, run_dir, device="cpu", *, ema_sigma_rel: float | None = None, ema_step: int | None = None) -> "Run":
         """Load RUN_DIR's config.yaml and checkpoint.pt once (or an export's or a diffusers folder's parts)."""
-        return cls(run_dir, device=device)
+        return cls(run_dir, device=device, ema_sigma_rel=ema_sigma_rel, ema_step=ema_step)
+
+    def _use_posthoc_ema(self, sigma_rel, step, foreign: bool) -> None:
+        if sigma_rel is None:
+            raise ValueError(f"an EMA step ({step}) was given without an EMA length: give ema_sigma_rel too")
+        if foreign:
+            raise ValueError(f"{self.dir} is a {self.meta.get('source')} folder; post-hoc EMA needs a scoregen run "
+                             "folder with posthoc_ema/ snapshots (train with train.posthoc_ema=[0.05,0.1])")
+        plan = combination(self.dir, sigma_rel, step)
+        self.model.load_state_dict(reconstruct(self.dir, sigma_rel, step, plan=plan))
+        self.meta["posthoc_ema"] = {"sigma_rel": plan["sigma_rel"], "step": plan["step"],
+                                    "snapshots": len(plan["files"]), "relative_residual": plan["relative_residual"]}
 
     def __repr__(self) -> str:
         return f"Run({str(self.dir)!r}, step={self.meta['step']}, shape={self.shape}, sde={self.sde!r})"

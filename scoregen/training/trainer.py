@@ -43,6 +43,12 @@ A per-device cap (`micro_batch` = m): K = ceil(n / m) micro-batches of near-equa
 or equals that K. `micro_batches(n, grad_accum, micro_batch)` gives the sizes; each log record
 states K as `micro_batches`.
 
+Post-hoc EMA (`posthoc_ema` = [sigma_rel, ...], Karras et al. 2024): besides the EMA above, one
+power-function EMA per sigma_rel is updated after every step, and every `posthoc_every` steps (and at
+the end) they are written to RUN_DIR/posthoc_ema/; `posthoc_ema.reconstruct(run_dir, sigma_rel)` then
+gives the EMA of any length by least squares (see that module). The tracks are in the checkpoint, so
+resuming is exact; snapshots past the checkpoint's step are deleted on resume, like the log lines.
+
 TensorBoard (`tensorboard` = True): each log record's loss, lr, grad_norm, examples_per_s and
 val_loss also go to RUN_DIR/tensorboard/ as scalars (needs `pip install tensorboard`);
 RUN_DIR/metrics.jsonl stays the record.
@@ -70,6 +76,7 @@ from ..models.edm import model_from_config
 from ..models.score import ScoreModel
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .losses import make_loss
+from .posthoc_ema import PowerEMA, check_sigma_rel, save_snapshot, trim_snapshots
 
 __all__ = ["TrainConfig", "micro_batches", "Normalizer", "Trainer", "train", "load_run", "METRICS_NAME"]
 
@@ -103,7 +110,9 @@ class TrainConfig:
     tensorboard also writes the logged scalars to RUN_DIR/tensorboard/.
     validation is the held-out fraction of the examples (0: none), measured every
     validate_every steps; patience > 0 stops after that many measurements without a new best
-    (see the module docstring). The learning rate warms up linearly over `warmup` steps, then stays at lr ("constant")
+    (see the module docstring). posthoc_ema lists the sigma_rels of power-function EMAs tracked for
+    post-hoc EMA (empty: none), snapshotted every posthoc_every steps (see the module docstring).
+    The learning rate warms up linearly over `warmup` steps, then stays at lr ("constant")
     or anneals to 0 at `steps` ("linear", "cosine") from step max(warmup, decay_start): a cool-down
     that can be added when resuming.
     """
@@ -133,6 +142,8 @@ class TrainConfig:
     validation: float = 0.0
     validate_every: int = 250
     patience: int = 0
+    posthoc_ema: list = field(default_factory=list)
+    posthoc_every: int = 1000
     compile: bool = False
     device: str = "auto"
     progress: bool = True
@@ -140,9 +151,9 @@ class TrainConfig:
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
         self.loss_options = dict(self.loss_options)
-        positive = ("batch_size", "grad_accum", "log_every", "validate_every")
+        positive = ("batch_size", "grad_accum", "log_every", "validate_every", "posthoc_every")
         for name in ("steps", "batch_size", "grad_accum", "warmup", "decay_start", "seed", "checkpoint_every", "log_every",
-                     "callback_every", "validate_every", "patience"):
+                     "callback_every", "validate_every", "patience", "posthoc_every"):
             v = getattr(self, name)
             if not _is_int(v) or v < (1 if name in positive else 0):
                 raise ValueError(f"TrainConfig.{name} must be a non-negative integer"
@@ -167,6 +178,12 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.label_dropout must lie in [0, 1), got {self.label_dropout!r}")
         if self.weight_decay < 0:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not isinstance(self.posthoc_ema, (list, tuple)):
+            raise ValueError(f"TrainConfig.posthoc_ema must be a list of sigma_rels (e.g. [0.05, 0.1]), "
+                             f"got {self.posthoc_ema!r}")
+        self.posthoc_ema = [check_sigma_rel(s, "TrainConfig.posthoc_ema entry") for s in self.posthoc_ema]
+        if len(set(self.posthoc_ema)) != len(self.posthoc_ema):
+            raise ValueError(f"TrainConfig.posthoc_ema lists a sigma_rel twice: {self.posthoc_ema}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -328,6 +345,8 @@ class Trainer:
 
         self.model = model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.posthoc = PowerEMA(self.model, cfg.posthoc_ema) if cfg.posthoc_ema else None
+        self._snapshot_step = None  # the step of the last post-hoc EMA snapshot written
         # an objective built by the caller (one holding a teacher score function) or from the config
         self.loss = loss if loss is not None else make_loss(cfg.loss, model.sde, **cfg.loss_options)
         self.optimizer = _adam(self.model.parameters(), cfg)
@@ -474,6 +493,8 @@ class Trainer:
         self.loss.end_step(self.model)
         self._update_ema()
         self.step += 1
+        if self.posthoc is not None:
+            self.posthoc.update(self.model, self.step)
         loss = loss.detach()
         if self.world > 1:
             dist.all_reduce(loss)
@@ -505,6 +526,7 @@ class Trainer:
         if main and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._trim_metrics()
+            trim_snapshots(self.run_dir, self.step)
             if cfg.tensorboard and self.writer is None:
                 from torch.utils.tensorboard import SummaryWriter
                 # on resume, TensorBoard drops events a stopped run logged past the checkpoint
@@ -533,17 +555,27 @@ class Trainer:
                 t0, s0 = time.perf_counter(), step
             elif val is not None and main:
                 self._log({"step": step, **val})
+            if self.posthoc is not None and step % cfg.posthoc_every == 0:
+                self._snapshot()
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 self.save()
             if main and self.callback is not None and cfg.callback_every and step % cfg.callback_every == 0:
                 self._flush()  # the callback sees the loss history up to this step
                 self.callback(self, step)
         bar.close()
+        if self.posthoc is not None:
+            self._snapshot()
         self.save()
         if self.writer is not None:
             self.writer.close()
             self.writer = None
         return self
+
+    def _snapshot(self):
+        """Write the post-hoc EMA tracks to RUN_DIR/posthoc_ema/ (rank 0, once per step, with a run_dir)."""
+        if self.rank == 0 and self.run_dir is not None and self._snapshot_step != self.step:
+            save_snapshot(self.run_dir, self.step, self.posthoc)
+            self._snapshot_step = self.step
 
     def _log(self, record: dict):
         if self.run_dir is not None:
@@ -583,6 +615,7 @@ class Trainer:
             "world_size": self.world,
             "best": dict(self.best),
             "loss_state": self.loss.state_dict(),
+            **({"posthoc_ema": self.posthoc.state_dict()} if self.posthoc is not None else {}),
         }
 
     def load_state_dict(self, state: dict):
@@ -606,6 +639,20 @@ class Trainer:
         if "best" in state:
             self.best = dict(state["best"])
         self.loss.load_state_dict(state.get("loss_state") or {})
+        self._load_posthoc(state.get("posthoc_ema"))
+
+    def _load_posthoc(self, saved):
+        """The post-hoc EMA tracks of the checkpoint; they cannot be added, dropped or changed on resume."""
+        where = f"the checkpoint in {self.run_dir}"
+        if self.posthoc is not None and saved is not None:
+            self.posthoc.load_state_dict(saved, where)
+        elif self.posthoc is not None and self.step > 0:
+            raise ValueError(f"{where} was trained {self.step} steps without post-hoc EMA tracks; they average over "
+                             f"the whole run, so posthoc_ema={self.config.posthoc_ema} cannot be added on resume: "
+                             "use a new run folder")
+        elif saved is not None:
+            raise ValueError(f"{where} tracks post-hoc EMAs {list(saved['sigma_rels'])}; resume it with "
+                             f"posthoc_ema={list(saved['sigma_rels'])} (they cannot be dropped on resume)")
 
     def save(self):
         """Write RUN_DIR/checkpoint.pt atomically (rank 0 only; no-op without a run_dir)."""
