@@ -77,16 +77,16 @@ def sample_with(name, score_fn, sde, dim, opts, seed=3):
     return res, time.perf_counter() - t0
 
 
-def distill(method, model, data, sde, teacher, steps, options) -> tuple:
+def distill(method, model, data, sde, teacher, steps, options, lr=1e-3) -> tuple:
     loss = make_loss("consistency", sde, method=method, teacher=teacher, sigma_data=model.sigma_data, **options)
-    tc = TrainConfig(steps=steps, batch_size=256, lr=1e-3, lr_decay="cosine", normalize=False, ema_decay=0.999,
+    tc = TrainConfig(steps=steps, batch_size=256, lr=lr, lr_decay="cosine", normalize=False, ema_decay=0.999,
                      progress=False, log_every=500)
     t0 = time.perf_counter()
     tr = Trainer(model, data, tc, loss=loss).fit()
     return tr, time.perf_counter() - t0
 
 
-def run_member(name, steps, options, methods, two_step_sigmas=()) -> list[dict]:
+def run_member(name, steps, options, methods, two_step_sigmas=(), lr=1e-3, skip_teacher=False) -> list[dict]:
     mix = mixture_of(name)
     preset = C.load_config("points")
     raw = mix.sample(20000, generator=torch.Generator().manual_seed(1)).float()
@@ -106,14 +106,16 @@ def run_member(name, steps, options, methods, two_step_sigmas=()) -> list[dict]:
         print(f"{name:6s} {kind:22s} NFE {nfe:5d}  ED/floor {r['ed_ratio']:7.2f}  share dev {r['share_dev_pts']:5.1f} pts"
               f"  {secs:7.1f} s {extra}", flush=True)
 
-    for s_name, opts in TEACHER:
+    for s_name, opts in ([] if skip_teacher else TEACHER):
         res, secs = sample_with(s_name, teacher, sde, data.shape[1], opts)
         line(f"exact score {s_name}", res.nfe, res, secs)
     for method in methods:
-        tr, secs = distill(method, student(sde, data, preset), data, sde, teacher if method == "cd" else None, steps, options)
+        tr, secs = distill(method, student(sde, data, preset), data, sde, teacher if method == "cd" else None, steps,
+                           options, lr)
         print(f"{name:6s} {method} training: {steps} steps in {secs:.1f} s", flush=True)
         for k in CM_STEPS:
-            res, s2 = sample_with("consistency", tr.ema.score_fn(), sde, data.shape[1], {"steps": k})
+            res, s2 = sample_with("consistency", tr.ema.score_fn(), sde, data.shape[1],
+                                  {"steps": k, "sigma_data": tr.ema.sigma_data})
             line(f"{method} ({steps} steps)", res.nfe, res, s2, f"(training {secs:.0f} s)")
         for sig in two_step_sigmas:
             res, s2 = sample_with("consistency", tr.ema.score_fn(), sde, data.shape[1], {"steps": 2, "sigmas": [sig]})
@@ -125,10 +127,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--members", default="seed,gmm5d")
     p.add_argument("--methods", default="cd,ct")
-    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
     p.add_argument("--two-step-sigmas", default="", help="also sample 2 steps with these intermediate levels (model units)")
+    p.add_argument("--no-teacher-lines", action="store_true", help="skip the exact-score sampler lines")
     p.add_argument("options", nargs="*", metavar="KEY=VALUE", help="consistency loss options, e.g. target_decay=0.95")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -137,7 +141,7 @@ def main(argv=None):
     rows = []
     for name in a.members.split(","):
         rows += run_member(name, a.steps, options, a.methods.split(","),
-                           [float(v) for v in a.two_step_sigmas.split(",") if v])
+                           [float(v) for v in a.two_step_sigmas.split(",") if v], a.lr, a.no_teacher_lines)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"command": " ".join(sys.argv), "rows": rows}, f, indent=1)

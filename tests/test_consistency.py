@@ -118,17 +118,23 @@ def _exact_law(sde, levels_sigma, prior_std):
     return mean, var
 
 
-@pytest.mark.parametrize("steps,sigmas", [(1, None), (2, None), (2, [0.8]), (4, None)])
-def test_multistep_sampling_with_the_exact_function_has_the_exact_gaussian_law(steps, sigmas):
+@pytest.mark.parametrize("steps,sigmas,sigma_data", [(1, None, None), (2, None, None), (2, [0.8], None),
+                                                     (4, None, None), (2, None, S), (3, None, S)])
+def test_multistep_sampling_with_the_exact_function_has_the_exact_gaussian_law(steps, sigmas, sigma_data):
     sde = VESDE(0.01, 10.0)
     n = 20000
     x = sde.prior_sample((n, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    res = consistency(exact_cm_score(sde), sde, x, steps=steps, sigmas=sigmas,
+    res = consistency(exact_cm_score(sde), sde, x, steps=steps, sigmas=sigmas, sigma_data=sigma_data,
                       generator=torch.Generator().manual_seed(2), return_trajectory=True)
     assert res.nfe == steps and res.trajectory.shape[0] == steps + 1
     from scoregen.process.schedules import make_grid
+    from scoregen.sampling.samplers import CM_FIRST_LEVEL
 
     grid = make_grid(sde, steps, "edm")
+    if sigma_data is not None:  # EDM's rho = 7 spacing from CM_FIRST_LEVEL sigma_data down to sigma_min
+        hi, lo = (CM_FIRST_LEVEL * sigma_data) ** (1 / 7), boundary_sigma(sde) ** (1 / 7)
+        sigmas = [(hi + i / (steps - 1) * (lo - hi)) ** 7 for i in range(steps - 1)]
+        assert math.isclose(sigmas[0], CM_FIRST_LEVEL * S)
     levels = [float(grid.sigma[0])] + (list(sigmas) if sigmas else [float(v) for v in grid.sigma[1:steps]])
     mean, var = _exact_law(sde, levels, sde.prior_std())
     se_mean = math.sqrt(var / n)

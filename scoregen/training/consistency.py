@@ -13,7 +13,10 @@ and they differ only in how (sigma_hi, sigma_lo) are drawn and where x_hat_lo co
   cd   sigma_lo, sigma_hi adjacent levels of EDM's rho = 7 grid of N levels from sigma_min = sigma(eps)
        to sigma(T) (`karras_levels`), drawn uniformly; x_hat_lo one Heun step of the *teacher's*
        probability-flow ODE d x_hat / d sigma = -std s(x, t) from sigma_hi (Song et al. 2023,
-       Algorithm 2; EDM's Algorithm 2 on one step, `heun_teacher_step`).
+       Algorithm 2; EDM's Algorithm 2 on one step, `heun_teacher_step`). lambda = 1 / (sigma_hi -
+       sigma_lo) here too: with Song et al.'s lambda = 1 the low levels, whose differences are small,
+       got almost no gradient, and distilling the exact seed-mixture score for 1500 steps gave 1-step
+       samples at 70 x the energy floor, against 8.7 x with the inverse gap (`level_weighting`).
   ct   no teacher: x_hat_lo = x(0) + sigma_lo z with the same z (their eq. 10, an unbiased
        estimator of the teacher step as N grows), with the improvements of Song & Dhariwal (2023,
        "Improved Techniques for Training Consistency Models"): N grows over training as
