@@ -41,8 +41,9 @@ EXAMPLES = [
 def add_arguments(parser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a training run folder (config.yaml + checkpoint.pt), "
                         "an export or a diffusers folder")
-    parser.add_argument("--samplers", nargs="+", default=DEFAULT_SAMPLERS, metavar="NAME",
-                        help=f"samplers with a fixed cost per step (default: {' '.join(DEFAULT_SAMPLERS)})")
+    parser.add_argument("--samplers", nargs="+", default=None, metavar="NAME",
+                        help=f"samplers with a fixed cost per step (default: {' '.join(DEFAULT_SAMPLERS)}; "
+                             "for a consistency model (`scoregen distill`) consistency first)")
     parser.add_argument("--nfe", nargs="+", type=int, default=None, metavar="B",
                         help=f"NFE budgets (default points: {DEFAULT_NFE['points']}, images: {DEFAULT_NFE['images']})")
     parser.add_argument("--n", type=int, default=None, help="samples per cell (default points 2000, images 1000)")
@@ -116,6 +117,11 @@ def run(args) -> int:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
     cfg = load_run_config(run_dir)
+    if args.samplers is None:  # a consistency model is compared in 1, 2, 4, 8 steps beside the solvers
+        consistent = (cfg.get("model") or {}).get("parameterization") == "consistency"
+        args.samplers = (["consistency"] if consistent else []) + DEFAULT_SAMPLERS
+        if consistent and not args.nfe:
+            args.nfe = [1, 2, 4, 8] + DEFAULT_NFE["points" if is_point_data(run_data(cfg, args.data, run_dir)) else "images"]
     data = run_data(cfg, args.data, run_dir)
     kind = "points" if is_point_data(data) else "images"
     if kind == "images":  # FID needs a classifier for the data set: refused before any sampling

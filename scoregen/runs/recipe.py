@@ -229,8 +229,6 @@ def train_run(cfg: dict, run_dir, *, resume: bool = True, overrides=None, callba
     cfg["sde"] = sde.config()  # record the resolved values (sigma_max: auto -> a number)
     if cfg["model"].get("parameterization") == "consistency" and cfg["model"].get("sigma_data", "auto") == "auto":
         cfg["model"]["sigma_data"] = round(estimate_sigma_data(normalizer(x)), 4)  # the data's std, in model units
-    if cfg["model"].get("parameterization") == "consistency" and (cfg.get("sample") or {}).get("sampler") == "consistency":
-        cfg["sample"] = {"sigma_data": cfg["model"]["sigma_data"], **cfg["sample"]}  # its multistep levels scale with it
     torch.manual_seed(tc.seed)  # the net's initial weights and fixed Fourier features come from the global RNG
     model = build_model(cfg["model"], sde, tuple(x.shape))
     loss = consistency_objective(cfg, model, teacher) if cfg["loss"].get("name") == "consistency" else None

@@ -129,6 +129,8 @@ class Run:
         fn = get_sampler(name)
         if sampler is None:  # the run's own sampler options apply only to its own sampler
             options = {**{k: v for k, v in sc.items() if k not in C.SAMPLE_KEYS}, **options}
+        if get_sampler(name) is get_sampler("consistency") and hasattr(self.model, "sigma_data"):
+            options.setdefault("sigma_data", self.model.sigma_data)  # its multistep levels scale with the data
         C.check_sampler_options(name, options)
         n = int(n if n is not None else sc.get("n", 1000))
         batch = int(batch_size or sc.get("batch_size", n))

@@ -27,7 +27,8 @@ Modeling through Stochastic Differential Equations" (reverse SDE eq. 6, reverse 
 ancestral sampling, predictor-corrector Algorithms 1-5, probability-flow ODE eq. 13); Ho et al. 2020,
 "Denoising Diffusion Probabilistic Models" (ancestral VP step); Song, Meng & Ermon 2021, "Denoising
 Diffusion Implicit Models" (eq. 12); Lu et al. 2022, "DPM-Solver++" (Algorithms 1-2); Karras et al.
-2022, "Elucidating the Design Space of Diffusion-Based Generative Models" (Algorithm 2).
+2022, "Elucidating the Design Space of Diffusion-Based Generative Models" (Algorithm 2); Song, Dhariwal,
+Chen & Sutskever 2023, "Consistency Models" (Algorithm 1, multistep consistency sampling).
 """
 from __future__ import annotations
 
