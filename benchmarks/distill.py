@@ -9,13 +9,15 @@ noise range, and then, in one run:
   * CD: a consistency model (the points preset's MLP, `models.consistency`) distilled from the exact
     score (`training.consistency`, method cd), sampled in 1, 2, 4 and 8 steps (`samplers.consistency`);
   * CT: the same network trained from data alone (method ct), same steps;
-  * optionally (`--trained`) a teacher *trained* on 20000 points with the points preset, and CD from it.
+  * optionally (`--trained`) a teacher *trained* on 20000 points with the points preset (its run folder),
+    its samplers, and CD from it through the same recipe as `scoregen distill` (`runs.distill`).
 
 Each line: NFE, energy distance of 2000 samples to a fixed 2000-point reference, as a ratio to the
 noise floor (fresh true samples of the same size), the largest component-share deviation in points,
 and the wall time of distillation / sampling.
 
-    python benchmarks/distill.py [--members seed,gmm5d] [--steps 6000] [--threads 2] [--trained] [--json out.json]
+    python benchmarks/distill.py [--members seed,gmm5d] [--methods cd,ct] [--steps 4000] [--threads 2] [--trained]
+                                 [--json out.json] [--two-step-sigmas 1,2,4] [KEY=VALUE loss options]
 """
 from __future__ import annotations
 
@@ -123,6 +125,54 @@ def run_member(name, steps, options, methods, two_step_sigmas=(), lr=1e-3, skip_
     return rows
 
 
+def run_trained(name, steps, workdir) -> list[dict]:
+    """A teacher trained with the points preset on 20000 draws, its best sampler, and CD from it (CLI recipe)."""
+    import tempfile
+    from pathlib import Path
+
+    from scoregen.runs.distill import distill_config
+    from scoregen.runs.recipe import train_run
+    from scoregen.runs.run import Run
+
+    mix = mixture_of(name)
+    work = Path(workdir or tempfile.mkdtemp(prefix="distill-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"{name}.npy"
+    np.save(path, mix.sample(20000, generator=torch.Generator().manual_seed(1)).numpy())
+    ref = mix.sample(N_EVAL, generator=torch.Generator().manual_seed(7)).double()
+    floor = noise_floor(energy_distance, lambda n, s: mix.sample(n, generator=torch.Generator().manual_seed(s)).double(),
+                        N_EVAL, N_EVAL, repeats=10)["mean"]
+    rows = []
+
+    def line(kind, run, sampler, opts):
+        t0 = time.perf_counter()
+        res = run.sample(N_EVAL, sampler, seed=3, **opts)
+        x = res.samples.double()
+        r = {"member": name, "kind": kind, "sampler": sampler, "nfe": res.nfe, "ed_ratio": energy_distance(x, ref) / floor,
+             "share_dev_pts": 100 * component_shares(x, mix)["max_abs_deviation"], "seconds": time.perf_counter() - t0}
+        rows.append(r)
+        print(f"{name:6s} {kind:22s} {sampler:15s} NFE {r['nfe']:5d}  ED/floor {r['ed_ratio']:7.2f}  share dev "
+              f"{r['share_dev_pts']:5.1f} pts", flush=True)
+
+    t0 = time.perf_counter()
+    cfg = C.load_config("points", [f"data.name={path}"])
+    train_run(cfg, work / "teacher", progress=False)
+    print(f"{name:6s} trained teacher (points preset, 20000 points) in {time.perf_counter() - t0:.0f} s", flush=True)
+    teacher = Run.open(work / "teacher")
+    for s_name, opts in TEACHER:
+        line("trained teacher", teacher, s_name, opts)
+    t0 = time.perf_counter()
+    train_run(distill_config(work / "teacher", "cd", steps), work / "cd", progress=False)
+    print(f"{name:6s} cd from the trained teacher: {steps} steps in {time.perf_counter() - t0:.0f} s", flush=True)
+    student = Run.open(work / "cd")
+    for k in CM_STEPS:
+        line(f"cd of trained ({steps})", student, "consistency", {"steps": k})
+    best = min(r["ed_ratio"] for r in rows if r["kind"] == "trained teacher")
+    two = next(r["ed_ratio"] for r in rows if r["kind"].startswith("cd of") and r["nfe"] == 2)
+    print(f"{name:6s} 2-NFE consistency / teacher's best = {two / best:.2f}", flush=True)
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--members", default="seed,gmm5d")
@@ -133,6 +183,8 @@ def main(argv=None):
     p.add_argument("--json", default=None)
     p.add_argument("--two-step-sigmas", default="", help="also sample 2 steps with these intermediate levels (model units)")
     p.add_argument("--no-teacher-lines", action="store_true", help="skip the exact-score sampler lines")
+    p.add_argument("--trained", action="store_true", help="also: a teacher trained with the points preset, and CD from it")
+    p.add_argument("--workdir", default=None, help="where --trained keeps its runs (default: a temporary folder)")
     p.add_argument("options", nargs="*", metavar="KEY=VALUE", help="consistency loss options, e.g. target_decay=0.95")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -142,6 +194,8 @@ def main(argv=None):
     for name in a.members.split(","):
         rows += run_member(name, a.steps, options, a.methods.split(","),
                            [float(v) for v in a.two_step_sigmas.split(",") if v], a.lr, a.no_teacher_lines)
+        if a.trained:
+            rows += run_trained(name, a.steps, a.workdir and f"{a.workdir}/{name}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"command": " ".join(sys.argv), "rows": rows}, f, indent=1)
