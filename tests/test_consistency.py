@@ -212,11 +212,12 @@ def _relative_errors(trainer, sde):
     return out
 
 
-@pytest.mark.parametrize("method,steps,bound", [("cd", 1500, 0.2), ("ct", 2000, 0.25), ("ect", 3000, 0.4)])
+@pytest.mark.parametrize("method,steps,bound", [("cd", 1500, 0.15), ("ct", 2000, 0.25), ("ect", 3000, 0.25)])
 def test_every_objective_converges_to_the_gaussian_consistency_function(method, steps, bound):
     trainer, sde = _fit(method, steps)
     errors = _relative_errors(trainer, sde)
-    print(method, errors)
+    # the exact denoiser E[x(0) | x_t], a different map, scores (1 - r) sqrt(s^2 + sigma^2) / sigma with
+    # r = s / sqrt(s^2 + sigma^2): 0.10, 0.41, 0.78, 0.94 at these levels; the identity sigma / s at large sigma
     assert max(errors.values()) < bound, errors
 
 
