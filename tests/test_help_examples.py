@@ -23,6 +23,7 @@ QUICK = {
 }
 QUICK_IMAGES = {"train": ["--steps", "2", "--no-progress", "data.limit=64", "model.channels=[8,8,8,8]",
                           "model.embed_dim=16"],
+                "distill": ["--steps", "2", "--no-progress"],
                 "sample": ["--n", "4", "--steps", "2"]}
 
 
@@ -74,4 +75,4 @@ def test_point_examples_run(tmp_path, capsys, monkeypatch):
 def test_image_examples_run(tmp_path, capsys, monkeypatch):
     require_shared_data("mnist")
     ran = _run_examples("images", QUICK_IMAGES, capsys, monkeypatch, tmp_path)
-    assert {e.split()[1] for e in ran} >= {"train", "sample", "evaluate", "inpaint", "restore", "edit"}
+    assert {e.split()[1] for e in ran} >= {"train", "distill", "sample", "evaluate", "inpaint", "restore", "edit"}

@@ -11,6 +11,7 @@ EXAMPLES = [
     "scoregen distill runs/mix --out runs/mix-cd",
     "scoregen distill runs/mix --out runs/mix-ct --method ct loss.metric=l2",
     "scoregen sample runs/mix-cd --steps 1 --n 2000",
+    "scoregen distill runs/mnist --out runs/mnist-ect --method ect",
 ]
 
 DEFAULT_STEPS = 4000
