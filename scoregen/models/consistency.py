@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ..process.sde import SDE
+from ..process.sde import SDE, broadcast_to
 from .edm import MODEL_CLASSES, EDMModel, check_sigma_data
 
 __all__ = ["consistency_coefficients", "ConsistencyModel", "boundary_sigma"]
@@ -57,7 +57,7 @@ class ConsistencyModel(EDMModel):
 
     def _denoise(self, x, alpha, sigma, y):
         c_skip, c_out, c_in, c_noise = consistency_coefficients(sigma, self.sigma_data, self.sigma_min)
-        alpha, c_skip, c_out, c_in = (v.to(x.dtype).reshape(-1, *[1] * (x.dim() - 1)) for v in (alpha, c_skip, c_out, c_in))
+        alpha, c_skip, c_out, c_in = (broadcast_to(v.to(x.dtype), x) for v in (alpha, c_skip, c_out, c_in))
         x_hat = x / alpha
         out = self.net(c_in * x_hat, c_noise.to(x.dtype), y)
         return c_skip * x_hat + c_out * out.to(x.dtype)

@@ -55,7 +55,7 @@ import torch
 from ..models.edm import check_sigma_data
 from ..models.consistency import boundary_sigma
 from ..process.schedules import t_from_sigma
-from ..process.sde import SDE
+from ..process.sde import SDE, broadcast_to
 from ..util import check_number, check_positive_int, choose_one_of
 from .losses import LOSS_OPTIONS, LOSSES, Loss, draw_normal, sqnorm
 
@@ -112,11 +112,12 @@ def pseudo_huber_c(dim: int, sigma_data: float) -> float:
 
 
 def _alpha(sde: SDE, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return sde.alpha(t.to(torch.float64)).to(like.dtype).reshape(-1, *[1] * (like.dim() - 1))
+    return _col(sde.alpha(t.to(torch.float64)), like)
 
 
 def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.to(like.dtype).reshape(-1, *[1] * (like.dim() - 1))
+    """A per-example (N,) tensor in like's dtype, shaped to multiply it."""
+    return broadcast_to(v.to(like.dtype), like)
 
 
 def heun_teacher_step(teacher, sde: SDE, x_hat, sigma_hi, t_hi, sigma_lo, t_lo, y=None):
