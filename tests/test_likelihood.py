@@ -11,6 +11,7 @@ import json
 import math
 
 import pytest
+import numpy as np
 import torch
 
 from scoregen.evaluation import images_bpd, points_nll
@@ -257,6 +258,31 @@ def test_cli_end_to_end_on_a_tiny_run(tmp_path, capsys):
         assert key in summary
     assert summary["bpd_mean"] is None and summary["n"] == 6 and len(summary["per_example"]["nll"]) == 6
     assert math.isfinite(summary["nll_mean"]) and summary["nll_se"] > 0
+
+
+def test_cli_workers_split_the_examples_and_keep_each_share_s_values(tmp_path):
+    """--workers 2: the first share is computed exactly as one process computes it (same seed, same
+    batches: the adaptive solver's steps depend on the whole batch), the second with seed + 1;
+    together they hold every example once, in order."""
+    from scoregen.cli import main
+    from scoregen.models import ScoreModel
+    from scoregen.models.nets import build_net
+    from scoregen.training.trainer import TrainConfig, train
+
+    model = ScoreModel(build_net("mlp", dim=2, hidden=16, depth=1), VESDE(sigma_max=10.0))
+    train(model, seed_mixture().sample(64).float(), TrainConfig(steps=2, batch_size=16, progress=False,
+                                                                checkpoint_every=0, device="cpu"), run_dir=tmp_path)
+    common = ["likelihood", str(tmp_path), "--data", "seed", "--hutchinson", "1", "--rtol", "1e-4", "--atol", "1e-4",
+              "--batch-size", "4", "--threads", "1", "--no-progress"]
+    assert main(common + ["--n", "8", "--workers", "2", "--out", str(tmp_path / "w2.json")]) == 0
+    assert main(common + ["--n", "8", "--out", str(tmp_path / "w1.json")]) == 0
+    two, one = (json.loads((tmp_path / f).read_text()) for f in ("w2.json", "w1.json"))
+    assert two["n"] == 8 and two["workers"] == 2 and len(two["per_example"]["nll"]) == 8
+    assert two["per_example"]["nll"][:4] == one["per_example"]["nll"][:4]  # share 0: examples 0..3, seed 0
+    # share 1 (examples 4..7) differs only by its probes (seed + 1): the same points, so close but not equal
+    a, b = np.array(two["per_example"]["nll"][4:]), np.array(one["per_example"]["nll"][4:])
+    assert not np.array_equal(a, b) and np.abs(a - b).max() < 5.0
+    assert main(common + ["--n", "7", "--workers", "0"]) == 2
 
 
 def test_cli_refuses_data_of_another_shape(tmp_path, capsys):

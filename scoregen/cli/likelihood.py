@@ -68,6 +68,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (default: torch's choice; 1 is far faster on a busy shared CPU)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="CPU processes, each on a contiguous share of the examples with --threads threads "
+                             "(default 1 each); worker k draws its noise from --seed + k. On 2 cores, 2 workers "
+                             "of 1 thread do 1.5x the images per second of 1 process of 2 threads")
     parser.add_argument("--out", default=None, metavar="FILE.json",
                         help="summary and per-example values (default RUN_DIR/likelihood.json)")
     from .common import add_progress_flag
@@ -107,61 +111,102 @@ def _options(args) -> dict:
 
 
 def run(args) -> int:
-    from ..data.images import load_images
-    from ..runs.recipe import is_point_data, load_run_config, run_value_range
-    from ..runs.run import load_run_parts
-    from .common import parse_device, run_data, show_progress
+    from ..runs.recipe import load_run_config
+    from .common import parse_device
 
     run_dir = Path(args.run_dir)
     if not run_dir.exists():
         raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
     if args.data is None:
+        from .common import run_data
+
         args.data = run_data(load_run_config(run_dir), None, run_dir)
     options = _options(args)
+    check_positive(workers=args.workers)
     if args.threads:  # 0: torch's default
         check_positive(threads=args.threads)
-        torch.set_num_threads(args.threads)
-    device, dtype = parse_device(args.device), getattr(torch, args.dtype)
-    model, sde, normalizer, meta = load_run_parts(run_dir, device=device)
-    model = model.to(dtype)
-    score_fn = model.score_fn()
-    gen = torch.Generator(device).manual_seed(args.seed)
-    progress = show_progress(args)
-    key = str(args.data).lower().replace("_", "-")
-    is_image = not is_point_data(args.data)
-    data_shape = list(meta["data_shape"][1:])
+    if args.workers > 1 and parse_device(args.device).type != "cpu":
+        raise ValueError(f"--workers {args.workers} splits the work over CPU processes; on {args.device} use one")
     t0 = time.perf_counter()
-    if is_image:
-        value_range = run_value_range(run_dir, args.value_range)
-        x01, _ = load_images(args.data, args.split, data_dir=args.data_dir, limit=args.n)
-        levels = _LEVELS.get(key, 256)
-        pixels = torch.round(x01 * (levels - 1)).to(torch.int16).to(device)
-        _check_shape(list(pixels.shape[1:]), data_shape, args.data)
-        bpd, bpd_se, nll, nfe = images_bpd(score_fn, sde, pixels, normalizer, levels=levels, value_range=value_range,
-                                           batch_size=args.batch_size, repeats=args.repeats, progress=progress,
-                                           generator=gen, dtype=dtype, **options)
-        per_example = {"nll": nll.tolist(), "bpd": bpd.tolist(), "bpd_se_repeats": bpd_se.tolist()}
+    if args.workers == 1:
+        shards = [_shard(vars(args), options, 0, 1)]
     else:
-        from ..data.points import load_points
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-        x = torch.as_tensor(load_points(args.data, n=args.n, seed=args.seed), dtype=dtype, device=device)
-        _check_shape(list(x.shape[1:]), data_shape, args.data)
-        nll, nfe = points_nll(score_fn, sde, x, normalizer, batch_size=args.batch_size, progress=progress,
-                              generator=gen, **options)
-        bpd = None
-        per_example = {"nll": nll.tolist()}
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    summary = summarize(nll, nfe, time.perf_counter() - t0, bpd)
-    summary.update({"n": int(nll.shape[0]), "dim": int(np.prod(data_shape)), "data": str(args.data),
-                    "run_dir": str(run_dir), "options": {k: v for k, v in options.items()}, "device": str(device),
-                    **({} if is_image else {"bpd_note": BPD_POINTS}),
-                    "per_example": per_example})
+        # spawn, not fork: a forked child inherits torch's thread pool state and can deadlock in it
+        with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            shards = list(pool.map(_shard, [vars(args)] * args.workers, [options] * args.workers,
+                                   range(args.workers), [args.workers] * args.workers))
+    shards = [s for s in shards if s is not None]
+    per_example = {k: sum((s["per_example"][k] for s in shards), []) for k in shards[0]["per_example"]}
+    nll = torch.tensor(per_example["nll"], dtype=torch.float64)
+    bpd = torch.tensor(per_example["bpd"], dtype=torch.float64) if "bpd" in per_example else None
+    summary = summarize(nll, sum((s["nfe"] for s in shards), []), time.perf_counter() - t0, bpd)
+    first = shards[0]
+    summary.update({"n": int(nll.shape[0]), "dim": first["dim"], "data": str(args.data), "run_dir": str(run_dir),
+                    "options": dict(options), "device": first["device"], "workers": args.workers,
+                    **({} if bpd is not None else {"bpd_note": BPD_POINTS}), "per_example": per_example})
     out = Path(args.out) if args.out else run_dir / "likelihood.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1))
     _print(summary, out)
     return 0
+
+
+def _shard(a: dict, options: dict, k: int, workers: int) -> dict | None:
+    """NLL (and bits/dim) of the k-th of `workers` contiguous shares of the examples; None if it is empty.
+    A plain function of plain values, so that a spawned worker process can run it."""
+    from argparse import Namespace
+
+    from ..data.images import load_images
+    from ..runs.recipe import is_point_data, run_value_range
+    from ..runs.run import load_run_parts
+    from .common import parse_device, show_progress
+
+    args = Namespace(**a)
+    if args.threads or workers > 1:
+        torch.set_num_threads(args.threads or 1)
+    run_dir = Path(args.run_dir)
+    device, dtype = parse_device(args.device), getattr(torch, args.dtype)
+    model, sde, normalizer, meta = load_run_parts(run_dir, device=device)
+    score_fn = model.to(dtype).score_fn()
+    gen = torch.Generator(device).manual_seed(args.seed + k)
+    progress = show_progress(args) and k == 0
+    key = str(args.data).lower().replace("_", "-")
+    data_shape = list(meta["data_shape"][1:])
+    if not is_point_data(args.data):
+        value_range = run_value_range(run_dir, args.value_range)
+        x01, _ = load_images(args.data, args.split, data_dir=args.data_dir, limit=args.n)
+        levels = _LEVELS.get(key, 256)
+        pixels = torch.round(x01 * (levels - 1)).to(torch.int16)
+        _check_shape(list(pixels.shape[1:]), data_shape, args.data)
+        lo, hi = _bounds(len(pixels), k, workers)
+        if lo == hi:
+            return None
+        bpd, bpd_se, nll, nfe = images_bpd(score_fn, sde, pixels[lo:hi].to(device), normalizer, levels=levels,
+                                           value_range=value_range, batch_size=args.batch_size, repeats=args.repeats,
+                                           progress=progress, generator=gen, dtype=dtype, **options)
+        per_example = {"nll": nll.tolist(), "bpd": bpd.tolist(), "bpd_se_repeats": bpd_se.tolist()}
+    else:
+        from ..data.points import load_points
+
+        x = torch.as_tensor(load_points(args.data, n=args.n, seed=args.seed), dtype=dtype)
+        _check_shape(list(x.shape[1:]), data_shape, args.data)
+        lo, hi = _bounds(len(x), k, workers)
+        if lo == hi:
+            return None
+        nll, nfe = points_nll(score_fn, sde, x[lo:hi].to(device), normalizer, batch_size=args.batch_size,
+                              progress=progress, generator=gen, **options)
+        per_example = {"nll": nll.tolist()}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return {"per_example": per_example, "nfe": list(nfe), "dim": int(np.prod(data_shape)), "device": str(device)}
+
+
+def _bounds(n: int, k: int, workers: int) -> tuple[int, int]:
+    """[lo, hi) of the k-th of `workers` near-equal contiguous shares of n examples."""
+    return n * k // workers, n * (k + 1) // workers
 
 
 def _check_shape(got, want, data) -> None:
