@@ -390,7 +390,10 @@ def parse_args(argv=None):
     p.add_argument("--nfe", type=lambda s: parse_list(s, int, "--nfe"), default=[50, 100],
                    help="NFE grid of DDIMPipeline and of scoregen's samplers (default 50,100)")
     p.add_argument("--ddpm-steps", type=int, default=1000, help="DDPMPipeline's steps (default 1000, the "
-                   "example's; fewer only for a smoke test); scoregen's samplers also run at this NFE")
+                   "example's; fewer only for a smoke test; 0: no DDPMPipeline row, for a CPU that cannot afford "
+                   "1000 NFE); scoregen's samplers also run at this NFE")
+    p.add_argument("--no-cross", action="store_true", help="skip scoregen's samplers on the diffusers model (the "
+                   "rows that isolate the sampler), to save their sampling time")
     p.add_argument("--scoregen-nfe", type=lambda s: parse_list(s, int, "--scoregen-nfe"), default=None,
                    help="NFE grid of scoregen's samplers on both models (default: --nfe plus --ddpm-steps)")
     p.add_argument("--samplers", default=None, help="scoregen samplers, comma-separated, run on both models "
@@ -409,9 +412,11 @@ def parse_args(argv=None):
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of scoregen's preset "
                    "(e.g. data.limit=2000); the peer trains on the same data section")
     a = p.parse_args(argv)
-    for name in ("threads", "ddpm_steps", "n", "sample_batch"):
+    for name in ("threads", "n", "sample_batch"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be a positive integer")
+    if a.ddpm_steps < 0:
+        p.error(f"--ddpm-steps must be >= 0 (0: no DDPMPipeline row), got {a.ddpm_steps}")
     if a.n < 2:
         p.error("--n must be at least 2 (FID needs a covariance)")
     return a
@@ -434,7 +439,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"the preset {preset!r} trains on {dataset!r}; this benchmark scores MNIST-like 1x28x28 "
                          f"images ({', '.join(CLASSIFIER_DATASETS)})")
     samplers = [s.strip() for s in a.samplers.split(",") if s.strip()] if a.samplers else [cfg["sample"]["sampler"]]
-    grid_nfe = sorted(set(a.scoregen_nfe or a.nfe) | (set() if a.scoregen_nfe else {a.ddpm_steps}))
+    grid_nfe = sorted(set(a.scoregen_nfe or a.nfe) | (set() if a.scoregen_nfe or not a.ddpm_steps else {a.ddpm_steps}))
     out = Path(a.out)
     json_path = Path(a.json) if a.json else out / "images_peer.json"
     data_dir = (cfg.get("data") or {}).get("data_dir")
@@ -497,9 +502,10 @@ def main(argv=None) -> dict:
 
         peer_dir, sg_dir = bdir / "diffusers", bdir / "scoregen"
         pipes = load_pipelines(peer_dir)  # loading is not timed, as Run.open below is not
-        record(budget, "diffusers", "DDPMPipeline", a.ddpm_steps, peer,
-               lambda: (sample_pipeline(pipes["ddpm"], a.ddpm_steps, a.n, a.sample_batch, a.seed), a.ddpm_steps),
-               "diffusers-DDPMPipeline")
+        if a.ddpm_steps:
+            record(budget, "diffusers", "DDPMPipeline", a.ddpm_steps, peer,
+                   lambda: (sample_pipeline(pipes["ddpm"], a.ddpm_steps, a.n, a.sample_batch, a.seed), a.ddpm_steps),
+                   "diffusers-DDPMPipeline")
         for nfe in a.nfe:
             record(budget, "diffusers", "DDIMPipeline", nfe, peer,
                    lambda nfe=nfe: (sample_pipeline(pipes["ddim"], nfe, a.n, a.sample_batch, a.seed), nfe),
@@ -507,7 +513,7 @@ def main(argv=None) -> dict:
         peer_run, sg_run = Run.open(peer_dir), Run.open(sg_dir)
         for sampler in samplers:
             opts = sampler_options(cfg, sampler)
-            for nfe in grid_nfe:
+            for nfe in ([] if a.no_cross else grid_nfe):
                 record(budget, "diffusers", f"{sampler} (scoregen)", nfe, peer,
                        lambda nfe=nfe: sample_scoregen(peer_run, sampler, nfe, opts, a.n, a.sample_batch, a.seed),
                        f"diffusers-{sampler}")

@@ -58,6 +58,11 @@ def test_end_to_end_on_a_tiny_budget(tmp_path, capsys):
                      "grid-diffusers-pc-2.png", "grid-scoregen-pc-2.png"]
     assert (out / "b0.01" / "diffusers" / "model_index.json").is_file()
     assert (out / "b0.01" / "scoregen" / "checkpoint.pt").is_file()
+    # the CPU-budget rows: no 1000-NFE DDPMPipeline (--ddpm-steps 0), no scoregen sampler on the peer
+    lean = peer.main(args[:args.index("--ddpm-steps")] + ["--ddpm-steps", "0", "--no-cross"]
+                     + args[args.index("--ddpm-steps") + 2:])
+    assert [(r["model"], r["sampler"], r["nfe"]) for r in lean["rows"]] == [
+        ("diffusers", "DDIMPipeline", 2), ("scoregen", "pc (scoregen)", 2)]
 
 
 def test_without_diffusers_one_line(monkeypatch):

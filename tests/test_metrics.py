@@ -14,6 +14,7 @@ from scipy.stats import norm
 from scoregen.data import reference_sampler
 from scoregen.process.distributions import GaussianMixture, seed_mixture
 from scoregen.evaluation.metrics import (
+    EnergyDistanceTo,
     component_shares,
     energy_distance,
     knn_radii,
@@ -21,6 +22,7 @@ from scoregen.evaluation.metrics import (
     median_bandwidth,
     mmd,
     noise_floor,
+    noise_floor_to,
     point_metrics,
     precision_recall,
     random_directions,
@@ -61,6 +63,30 @@ def test_energy_distance_matches_brute_force():
     v = 2 * dists(x, y).mean() - dists(x, x).mean() - dists(y, y).mean()
     assert energy_distance(x, y) == pytest.approx(v, rel=1e-10)
     assert energy_distance(torch.from_numpy(x), y) == pytest.approx(v, rel=1e-10)
+
+
+def test_energy_distance_to_a_fixed_reference_equals_energy_distance():
+    ref, x = gauss(50, [3e3, -1.0], 2), gauss(20, [3e3 + 0.5, -1.0], 3)
+    to_ref = EnergyDistanceTo(ref)
+    assert to_ref(x) == pytest.approx(energy_distance(x, ref), rel=1e-9, abs=1e-12)
+    assert to_ref(torch.from_numpy(ref)) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match=r"same dimension D, got x \(20, 1\)"):
+        to_ref(x[:, :1])
+
+
+def test_noise_floor_to_a_fixed_reference_centres_on_its_conditional_bias():
+    """x of n fresh N(0, 1) draws against one fixed reference y of m: E[V | y] = 2 E_x E_y|X - y|
+    - (1 - 1/n) E|X - X'| - mean|y - y'|, computed here from y itself."""
+    n, m, R = 200, 400, 40
+    y = gauss(m, [0.0], 7)
+    floor = noise_floor_to(EnergyDistanceTo(y), gauss_sampler([0.0]), n, repeats=R, seed=5)
+    exx = 2 / math.sqrt(math.pi)
+    cross = abs_normal_mean(y[:, 0], 1).mean()  # E|X - y_j| for X ~ N(0, 1), averaged over the y_j
+    expected = 2 * cross - (1 - 1 / n) * exx - dists(y, y).mean()
+    assert abs(floor["mean"] - expected) < 5 * floor["std"] / math.sqrt(R)
+    assert floor["reference"] == "fixed" and floor["repeats"] == R
+    with pytest.raises(ValueError, match="repeats must be >= 2"):
+        noise_floor_to(EnergyDistanceTo(y), gauss_sampler([0.0]), n, repeats=1)
 
 
 def test_energy_distance_closed_form_for_shifted_1d_gaussians():

@@ -59,6 +59,24 @@ def test_mlp_labels_and_null_label():
         ScoreMLP(2)(x, c, y0)
 
 
+@pytest.mark.parametrize("n_classes", [0, 3])
+def test_mlp_one_noise_level_for_the_batch_is_the_same_function(n_classes):
+    """In eval mode a batch at one noise level computes its conditioning once (a sampler's call);
+    the output equals the row-by-row computation, with and without labels, and in training mode
+    the per-row path is kept."""
+    torch.manual_seed(0)
+    net = ScoreMLP(3, hidden=32, depth=2, emb_dim=16, n_classes=n_classes).eval()
+    x, c = torch.randn(6, 3), torch.full((6,), 0.7)
+    y = torch.tensor([0, 1, 2, 0, 1, 2]) if n_classes else None
+    rows = torch.cat([net(x[i:i + 1], c[i:i + 1], None if y is None else y[i:i + 1]) for i in range(6)])
+    torch.testing.assert_close(net(x, c, y), rows, rtol=1e-6, atol=1e-6)
+    mixed = c.clone()
+    mixed[3] = -0.5  # two levels: the per-row path
+    torch.testing.assert_close(net(x, mixed, y)[3:4], net(x[3:4], mixed[3:4], None if y is None else y[3:4]))
+    net.train()
+    torch.testing.assert_close(net(x, c, y), rows, rtol=1e-6, atol=1e-6)
+
+
 def test_mlp_rejects_bad_shapes():
     net = ScoreMLP(2, hidden=8, depth=1, emb_dim=4)
     with pytest.raises(ValueError, match=r"shape \(N, 2\)"):

