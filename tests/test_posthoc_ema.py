@@ -120,6 +120,19 @@ def test_reported_residual_is_the_profiles_distance(tmp_path):
         assert got.sum() == pytest.approx(plan["coefficient_sum"], abs=1e-12)
 
 
+def test_a_fit_that_misses_its_profile_is_refused(tmp_path):
+    # tracks 0.05 and 0.10 cannot make a profile as flat as 0.3's (gamma < 0 weighs the first steps most):
+    # check_fit refuses exactly the plans whose relative residual exceeds the limit, naming it
+    run_trajectory(torch.eye(400, dtype=torch.float64), tmp_path)
+    near, far = P.combination(tmp_path, 0.08), P.combination(tmp_path, 0.3)
+    assert near["relative_residual"] < P.MAX_RELATIVE_RESIDUAL < far["relative_residual"]
+    assert P.check_fit(near) is near
+    with pytest.raises(ValueError, match=rf"sigma_rel=0.3 at step 400 cannot be rebuilt .* misses its weight "
+                                         rf"profile by {far['relative_residual']:.3g} \(relative L2, limit 0.1\)"):
+        P.check_fit(far)
+    assert P.check_fit(far, limit=far["relative_residual"]) is far
+
+
 def test_reconstruction_matches_emas_tracked_directly(tmp_path):
     traj = synthetic()
     T = len(traj)
@@ -249,7 +262,9 @@ def test_command_line(tmp_path, capsys):
     assert main(["sample", run, "--n", "16", "--steps", "5", "--ema-sigma-rel", "0.08", "--out", out]) == 0
     assert '"posthoc_ema": {"sigma_rel": 0.08, "step": 30, "snapshots": 3' in capsys.readouterr().out
     for argv, msg in [(["--ema-sigma-rel", "0.4"], "got 0.4"), (["--ema-step", "20"], "without an EMA length"),
-                      (["--ema-sigma-rel", "0.08", "--ema-step", "50"], "step 50 lies outside")]:
+                      (["--ema-sigma-rel", "0.08", "--ema-step", "50"], "step 50 lies outside"),
+                      # a length the tracks cannot reach is refused, not sampled from a profile that is no EMA
+                      (["--ema-sigma-rel", "0.3"], "cannot be rebuilt from this run's tracks [0.05, 0.1]")]:
         assert main(["sample", run, "--n", "4", "--out", out, *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) == 1, err

@@ -19,7 +19,7 @@ import torch
 from ..data.images import parse_value_range
 from ..sampling.samplers import SampleResult, get_sampler
 from ..interop.folders import folder_config, open_folder
-from ..training.posthoc_ema import combination, reconstruct
+from ..training.posthoc_ema import check_fit, combination, reconstruct
 from ..training.trainer import load_run
 from . import config as C
 
@@ -87,7 +87,7 @@ class Run:
         if foreign:
             raise ValueError(f"{self.dir} is a {self.meta.get('source')} folder; post-hoc EMA needs a scoregen run "
                              "folder with posthoc_ema/ snapshots (train with train.posthoc_ema=[0.05,0.1])")
-        plan = combination(self.dir, sigma_rel, step)
+        plan = check_fit(combination(self.dir, sigma_rel, step))
         self.model.load_state_dict(reconstruct(self.dir, sigma_rel, step, plan=plan))
         self.meta["posthoc_ema"] = {"sigma_rel": plan["sigma_rel"], "step": plan["step"],
                                     "snapshots": len(plan["files"]), "relative_residual": plan["relative_residual"]}
